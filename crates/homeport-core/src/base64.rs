@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(decode("YQ==").unwrap(), b"a");
         assert!(decode("Y").is_err());
         assert!(decode("YQ=").is_err() || decode("YQ=").unwrap() == b"a");
-        assert!(decode("Y-_Q").is_err(), "url-safe alphabet is not standard base64");
+        assert!(
+            decode("Y-_Q").is_err(),
+            "url-safe alphabet is not standard base64"
+        );
         assert_eq!(
             decode_array::<2>("YQ"),
             Err(Base64Error::Length {

@@ -106,8 +106,10 @@ pub fn write_canonical_object_without(
     skip: &[&str],
     mode: Mode,
 ) -> Result<(), CanonicalJsonError> {
-    let mut entries: Vec<(&String, &Value)> =
-        map.iter().filter(|(k, _)| !skip.contains(&k.as_str())).collect();
+    let mut entries: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .collect();
     entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     out.push(b'{');
     for (i, (k, v)) in entries.iter().enumerate() {
@@ -485,7 +487,8 @@ mod tests {
 
     #[test]
     fn escaping_rules() {
-        let s: String = (0u8..0x20).map(char::from).collect::<String>() + "\"\\/\u{7f}\u{2028}\u{2029}é";
+        let s: String =
+            (0u8..0x20).map(char::from).collect::<String>() + "\"\\/\u{7f}\u{2028}\u{2029}é";
         let v = Value::String(s);
         assert_eq!(
             to_canonical_string(&v, Mode::Strict).unwrap(),
@@ -544,7 +547,11 @@ mod tests {
             let v: Value = serde_json::from_str(ok).unwrap();
             assert_eq!(to_canonical_string(&v, Mode::Strict).unwrap(), ok);
         }
-        for bad in ["9007199254740992", "-9007199254740992", "18446744073709551615"] {
+        for bad in [
+            "9007199254740992",
+            "-9007199254740992",
+            "18446744073709551615",
+        ] {
             let v: Value = serde_json::from_str(bad).unwrap();
             for mode in [Mode::Strict, Mode::Lenient] {
                 assert!(

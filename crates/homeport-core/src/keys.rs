@@ -241,7 +241,9 @@ pub enum KeyProblem {
         reason: String,
     },
     /// No valid signature by the server with one of its own `verify_keys`.
-    #[error("no valid self-signature: the response is not signed by {server_name} with any key in its verify_keys")]
+    #[error(
+        "no valid self-signature: the response is not signed by {server_name} with any key in its verify_keys"
+    )]
     NoSelfSignature {
         /// The server.
         server_name: String,
@@ -262,7 +264,9 @@ pub enum KeyProblem {
     },
     /// Signed by a key that is not in `verify_keys` (only informational:
     /// such a signature cannot be checked).
-    #[error("signed with {key_id}, which is not in verify_keys, so that signature cannot be checked")]
+    #[error(
+        "signed with {key_id}, which is not in verify_keys, so that signature cannot be checked"
+    )]
     SignatureByUnknownKey {
         /// The key id.
         key_id: String,
@@ -410,7 +414,14 @@ pub fn check_server_keys(doc: &Value, expected: &ServerName, now_ms: u64) -> Key
     if let Some(vk) = verify_keys {
         for (id_text, entry) in vk {
             let key_text = entry.get("key").and_then(Value::as_str);
-            let status = check_one_key(obj, bytes.as_deref(), &entity, id_text, key_text, &mut report);
+            let status = check_one_key(
+                obj,
+                bytes.as_deref(),
+                &entity,
+                id_text,
+                key_text,
+                &mut report,
+            );
             if status == SignatureStatus::Valid {
                 any_valid = true;
             }
@@ -526,14 +537,20 @@ mod tests {
             .verify_key(&spec_key())
             .sign(&[&spec_key()])
             .unwrap();
-        assert_eq!(canonical_json::to_canonical_string(&doc, Mode::Strict).unwrap(), SPEC_DOC);
+        assert_eq!(
+            canonical_json::to_canonical_string(&doc, Mode::Strict).unwrap(),
+            SPEC_DOC
+        );
         let parsed: Value = serde_json::from_str(SPEC_DOC).unwrap();
         let report = check_server_keys(&parsed, &domain(), 1_600_000_000_000);
         assert!(report.ok(), "{:?}", report.problems);
         assert_eq!(report.verified_keys().len(), 1);
         assert_eq!(report.verify_keys[0].signature, SignatureStatus::Valid);
         let typed: ServerKeys = serde_json::from_value(parsed).unwrap();
-        assert_eq!(typed.verify_keys["ed25519:1"].key, spec_key().public_key_base64());
+        assert_eq!(
+            typed.verify_keys["ed25519:1"].key,
+            spec_key().public_key_base64()
+        );
     }
 
     #[test]
@@ -630,11 +647,17 @@ mod tests {
         let mut doc: Value = serde_json::from_str(SPEC_DOC).unwrap();
         doc["verify_keys"]["ed25519:1"]["key"] = "not*base64".into();
         let p = problems(&doc, 0);
-        assert!(matches!(&p[0], KeyProblem::BadVerifyKey { key_id, .. } if key_id == "ed25519:1"), "{p:?}");
+        assert!(
+            matches!(&p[0], KeyProblem::BadVerifyKey { key_id, .. } if key_id == "ed25519:1"),
+            "{p:?}"
+        );
         let mut doc: Value = serde_json::from_str(SPEC_DOC).unwrap();
         doc["signatures"]["domain"]["ed25519:1"] = "@@@".into();
         let p = problems(&doc, 0);
-        assert!(matches!(&p[0], KeyProblem::SignatureMalformed { .. }), "{p:?}");
+        assert!(
+            matches!(&p[0], KeyProblem::SignatureMalformed { .. }),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -652,7 +675,10 @@ mod tests {
                 }
             ]
         );
-        let p = problems(&serde_json::json!({"server_name": "domain", "valid_until_ts": 1.5, "verify_keys": {}}), 0);
+        let p = problems(
+            &serde_json::json!({"server_name": "domain", "valid_until_ts": 1.5, "verify_keys": {}}),
+            0,
+        );
         assert!(p.contains(&KeyProblem::ValidUntilMissing), "{p:?}");
         assert!(p.contains(&KeyProblem::NoVerifyKeys), "{p:?}");
     }
@@ -662,8 +688,14 @@ mod tests {
         let parsed: Value = serde_json::from_str(SPEC_DOC).unwrap();
         let r = check_server_keys(&parsed, &domain(), 0);
         let fetched = 1_600_000_000_000;
-        assert_eq!(r.effective_valid_until(fetched), Some(fetched + SEVEN_DAYS_MS));
-        assert_eq!(r.effective_valid_until(1_699_999_999_000), Some(1_700_000_000_000));
+        assert_eq!(
+            r.effective_valid_until(fetched),
+            Some(fetched + SEVEN_DAYS_MS)
+        );
+        assert_eq!(
+            r.effective_valid_until(1_699_999_999_000),
+            Some(1_700_000_000_000)
+        );
         assert!(r.validity_over_seven_days(fetched));
         assert!(!r.validity_over_seven_days(1_699_500_000_000));
         assert!(r.expires_within_an_hour(1_700_000_000_000 - 60_000));

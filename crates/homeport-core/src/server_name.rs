@@ -397,8 +397,7 @@ fn parse_port(p: &str) -> Result<u16, ServerNameError> {
 fn parse_host(h: &str) -> Result<Host, ServerNameError> {
     // A dotted quad of digits is an IPv4address by the grammar.
     let looks_ipv4 = h.split('.').count() == 4
-        && h
-            .split('.')
+        && h.split('.')
             .all(|l| !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()));
     if looks_ipv4 {
         return Ipv4Addr::from_str(h)
@@ -489,15 +488,15 @@ mod tests {
 
     #[test]
     fn host_kinds() {
-        assert_eq!(
-            ok("1.2.3.4").host(),
-            &Host::Ipv4(Ipv4Addr::new(1, 2, 3, 4))
-        );
+        assert_eq!(ok("1.2.3.4").host(), &Host::Ipv4(Ipv4Addr::new(1, 2, 3, 4)));
         assert_eq!(ok("[::1]:8448").host(), &Host::Ipv6(Ipv6Addr::LOCALHOST));
         assert_eq!(ok("[::1]:8448").host_unbracketed(), "::1");
         assert!(ok("[::1]").is_ip_literal());
         assert!(!ok("example.org").is_ip_literal());
-        assert_eq!(ok("Example.ORG").host().dns().map(|d| d.as_str()), Some("Example.ORG"));
+        assert_eq!(
+            ok("Example.ORG").host().dns().map(|d| d.as_str()),
+            Some("Example.ORG")
+        );
     }
 
     #[test]
@@ -582,7 +581,10 @@ mod tests {
                 text: "2001:db8::1:8448".into()
             }
         );
-        assert!(matches!(err("[fe80::1%eth0]"), ServerNameError::InvalidChar { ch: '%', .. }));
+        assert!(matches!(
+            err("[fe80::1%eth0]"),
+            ServerNameError::InvalidChar { ch: '%', .. }
+        ));
     }
 
     #[test]

@@ -157,7 +157,8 @@ impl SigningKey {
     /// From a version and a base64 seed (padded or not).
     pub fn from_seed_base64(version: &str, seed: &str) -> Result<Self, SigningError> {
         let id = KeyId::ed25519(version)?;
-        let seed = base64::decode_array::<32>(seed).map_err(|source| SigningError::Seed { source })?;
+        let seed =
+            base64::decode_array::<32>(seed).map_err(|source| SigningError::Seed { source })?;
         Ok(Self::from_seed(id, seed))
     }
 
@@ -262,10 +263,11 @@ pub fn parse_key_file(text: &str) -> Result<Vec<SigningKey>, SigningError> {
                 message: format!("unsupported algorithm {alg:?} (only ed25519)"),
             });
         }
-        let key = SigningKey::from_seed_base64(version, seed).map_err(|e| SigningError::KeyFile {
-            line: line_no,
-            message: e.to_string(),
-        })?;
+        let key =
+            SigningKey::from_seed_base64(version, seed).map_err(|e| SigningError::KeyFile {
+                line: line_no,
+                message: e.to_string(),
+            })?;
         if keys.iter().any(|k: &SigningKey| k.id == key.id) {
             return Err(SigningError::KeyFile {
                 line: line_no,
@@ -401,7 +403,11 @@ pub fn verify_json(
 }
 
 /// The signature string `signatures[entity][key_id]`, if present.
-pub fn signature_of<'a>(obj: &'a Map<String, Value>, entity: &str, key_id: &str) -> Option<&'a Value> {
+pub fn signature_of<'a>(
+    obj: &'a Map<String, Value>,
+    entity: &str,
+    key_id: &str,
+) -> Option<&'a Value> {
     obj.get("signatures")?.get(entity)?.get(key_id)
 }
 
@@ -446,10 +452,11 @@ pub fn verify_signature_value(
     };
     let raw = base64::decode_array::<64>(sig).map_err(|e| malformed(e.to_string()))?;
     let sig = ed25519_dalek::Signature::from_bytes(&raw);
-    key.verify_strict(bytes, &sig).map_err(|_| VerifyError::Invalid {
-        entity: entity.into(),
-        key_id: key_id.as_str().into(),
-    })
+    key.verify_strict(bytes, &sig)
+        .map_err(|_| VerifyError::Invalid {
+            entity: entity.into(),
+            key_id: key_id.as_str().into(),
+        })
 }
 
 /// Verify with the "any valid key" policy: succeeds with the id of the first
@@ -598,7 +605,11 @@ mod tests {
         ));
         // Padded signatures are accepted on input.
         let mut padded = v.clone();
-        let s = padded["signatures"]["domain"]["ed25519:1"].as_str().unwrap().to_owned() + "==";
+        let s = padded["signatures"]["domain"]["ed25519:1"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+            + "==";
         padded["signatures"]["domain"]["ed25519:1"] = s.into();
         verify_json(&padded, "domain", &id, &pk).unwrap();
     }
@@ -611,7 +622,10 @@ mod tests {
         sign_json(&mut v, "srv", &b).unwrap();
         let (ia, ib) = (a.id().clone(), b.id().clone());
         let (pa, pb) = (a.verifying_key(), b.verifying_key());
-        assert_eq!(verify_json_any(&v, "srv", [(&ia, &pa), (&ib, &pb)]).unwrap(), ib);
+        assert_eq!(
+            verify_json_any(&v, "srv", [(&ia, &pa), (&ib, &pb)]).unwrap(),
+            ib
+        );
         assert!(matches!(
             verify_json_any(&v, "srv", [(&ia, &pa)]),
             Err(VerifyError::MissingSignature { .. })
@@ -636,7 +650,10 @@ mod tests {
         let seed = keys[0].seed_base64();
         assert_eq!(seed.len(), 43);
         let written = format_key_file(&keys);
-        assert_eq!(written, format!("ed25519 1 {seed}\ned25519 a_AbCd {seed}\n"));
+        assert_eq!(
+            written,
+            format!("ed25519 1 {seed}\ned25519 a_AbCd {seed}\n")
+        );
         let again = parse_key_file(&written).unwrap();
         assert_eq!(again[1].public_key_base64(), SPEC_PUBLIC);
     }
@@ -644,19 +661,30 @@ mod tests {
     #[test]
     fn key_file_errors_name_the_line() {
         let e = parse_key_file("ed25519 1\n").unwrap_err().to_string();
-        assert_eq!(e, "line 1: expected 3 fields \"ed25519 <version> <seed>\", found 2");
+        assert_eq!(
+            e,
+            "line 1: expected 3 fields \"ed25519 <version> <seed>\", found 2"
+        );
         let e = parse_key_file(&format!("ed25519 1 {SPEC_SEED}\nrsa 2 AAAA\n"))
             .unwrap_err()
             .to_string();
         assert_eq!(e, "line 2: unsupported algorithm \"rsa\" (only ed25519)");
         let e = parse_key_file("ed25519 1 AAAA\n").unwrap_err().to_string();
-        assert_eq!(e, "line 1: signing key seed: decodes to 3 bytes, expected 32");
+        assert_eq!(
+            e,
+            "line 1: signing key seed: decodes to 3 bytes, expected 32"
+        );
         let e = parse_key_file(&format!("ed25519 1 {SPEC_SEED}\ned25519 1 {SPEC_SEED}"))
             .unwrap_err()
             .to_string();
         assert_eq!(e, "line 2: key ed25519:1 appears twice");
-        assert!(matches!(parse_key_file("\n\n"), Err(SigningError::EmptyKeyFile)));
-        let e = parse_key_file(&format!("ed25519 a\"b {SPEC_SEED}")).unwrap_err().to_string();
+        assert!(matches!(
+            parse_key_file("\n\n"),
+            Err(SigningError::EmptyKeyFile)
+        ));
+        let e = parse_key_file(&format!("ed25519 a\"b {SPEC_SEED}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("line 1: key id"), "{e}");
     }
 
@@ -665,16 +693,30 @@ mod tests {
         let id = KeyId::parse("ed25519:a_AbCd").unwrap();
         assert_eq!((id.algorithm(), id.version()), ("ed25519", "a_AbCd"));
         assert!(id.is_ed25519());
-        assert!(matches!(KeyId::parse("ed25519"), Err(KeyIdError::NoColon(_))));
-        assert!(matches!(KeyId::parse("ed25519:"), Err(KeyIdError::Empty(_))));
+        assert!(matches!(
+            KeyId::parse("ed25519"),
+            Err(KeyIdError::NoColon(_))
+        ));
+        assert!(matches!(
+            KeyId::parse("ed25519:"),
+            Err(KeyIdError::Empty(_))
+        ));
         assert!(matches!(KeyId::parse(":x"), Err(KeyIdError::Empty(_))));
         assert!(matches!(
             KeyId::parse("ed25519:a b"),
-            Err(KeyIdError::InvalidChar { ch: ' ', pos: 9, .. })
+            Err(KeyIdError::InvalidChar {
+                ch: ' ',
+                pos: 9,
+                ..
+            })
         ));
         assert!(matches!(
             KeyId::parse("ED25519:a"),
-            Err(KeyIdError::InvalidChar { ch: 'E', pos: 0, .. })
+            Err(KeyIdError::InvalidChar {
+                ch: 'E',
+                pos: 0,
+                ..
+            })
         ));
     }
 

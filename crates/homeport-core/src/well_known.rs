@@ -88,7 +88,9 @@ impl ServerWellKnown {
     /// assume JSON).
     pub fn parse(body: &[u8]) -> Result<Self, WellKnownError> {
         let m = parse_object(body)?;
-        let v = m.get("m.server").ok_or(WellKnownError::Missing("m.server"))?;
+        let v = m
+            .get("m.server")
+            .ok_or(WellKnownError::Missing("m.server"))?;
         let Value::String(s) = v else {
             return Err(WellKnownError::WrongType {
                 key: "m.server",
@@ -137,7 +139,9 @@ impl ClientWellKnown {
                 expected: "an object",
             });
         };
-        let url = hs.get("base_url").ok_or(WellKnownError::Missing("base_url"))?;
+        let url = hs
+            .get("base_url")
+            .ok_or(WellKnownError::Missing("base_url"))?;
         let Value::String(url) = url else {
             return Err(WellKnownError::WrongType {
                 key: "base_url",
@@ -197,7 +201,11 @@ mod tests {
         );
         assert!(matches!(
             ServerWellKnown::parse(b"<html>"),
-            Err(WellKnownError::NotJson { line: 1, column: 1, .. })
+            Err(WellKnownError::NotJson {
+                line: 1,
+                column: 1,
+                ..
+            })
         ));
         let e = ServerWellKnown::parse(br#"{"m.server":"matrix.example.org:99999"}"#).unwrap_err();
         assert_eq!(
@@ -213,7 +221,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.homeserver_base_url, "https://matrix.example.org");
-        assert_eq!(c.identity_server_base_url.as_deref(), Some("https://id.example"));
+        assert_eq!(
+            c.identity_server_base_url.as_deref(),
+            Some("https://id.example")
+        );
         assert_eq!(
             ClientWellKnown::parse(br#"{}"#),
             Err(WellKnownError::Missing("m.homeserver"))

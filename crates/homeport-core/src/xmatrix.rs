@@ -131,7 +131,10 @@ impl RequestToSign<'_> {
         let mut m = Map::new();
         m.insert("method".into(), Value::String(self.method.to_owned()));
         m.insert("uri".into(), Value::String(self.uri.to_owned()));
-        m.insert("origin".into(), Value::String(self.origin.as_str().to_owned()));
+        m.insert(
+            "origin".into(),
+            Value::String(self.origin.as_str().to_owned()),
+        );
         m.insert(
             "destination".into(),
             Value::String(self.destination.as_str().to_owned()),
@@ -231,13 +234,13 @@ impl XMatrix {
     /// Check this signature over `req` with `key`. `req.destination` is the
     /// receiver's own name: a header naming another destination is refused.
     pub fn verify(&self, req: &RequestToSign<'_>, key: &VerifyingKey) -> Result<(), XMatrixError> {
-        if let Some(d) = &self.destination {
-            if d != req.destination {
-                return Err(XMatrixError::DestinationMismatch {
-                    header: d.as_str().to_owned(),
-                    receiver: req.destination.as_str().to_owned(),
-                });
-            }
+        if let Some(d) = &self.destination
+            && d != req.destination
+        {
+            return Err(XMatrixError::DestinationMismatch {
+                header: d.as_str().to_owned(),
+                receiver: req.destination.as_str().to_owned(),
+            });
         }
         let raw = base64::decode_array::<64>(&self.sig)
             .map_err(|e| XMatrixError::BadSignatureEncoding(e.to_string()))?;
@@ -270,14 +273,18 @@ type Param = (Result<String, XMatrixError>, Result<String, XMatrixError>);
 impl Iterator for Params<'_> {
     type Item = Param;
     fn next(&mut self) -> Option<Param> {
-        let s = self.rest.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == ',');
+        let s = self
+            .rest
+            .trim_start_matches(|c: char| c.is_ascii_whitespace() || c == ',');
         if s.is_empty() {
             return None;
         }
         let Some(eq) = s.find('=') else {
             self.rest = "";
             return Some((
-                Err(XMatrixError::Malformed(format!("parameter {s:?} has no '='"))),
+                Err(XMatrixError::Malformed(format!(
+                    "parameter {s:?} has no '='"
+                ))),
                 Ok(String::new()),
             ));
         };
@@ -285,7 +292,9 @@ impl Iterator for Params<'_> {
         if name.is_empty() || name.contains(',') || name.contains('"') {
             self.rest = "";
             return Some((
-                Err(XMatrixError::Malformed(format!("bad parameter name {name:?}"))),
+                Err(XMatrixError::Malformed(format!(
+                    "bad parameter name {name:?}"
+                ))),
                 Ok(String::new()),
             ));
         }
@@ -416,11 +425,13 @@ mod tests {
 
     #[test]
     fn lenient_forms() {
-        let x = XMatrix::parse("x-matrix origin=example.org:8448,key=ed25519:a,signature=abc").unwrap();
+        let x =
+            XMatrix::parse("x-matrix origin=example.org:8448,key=ed25519:a,signature=abc").unwrap();
         assert_eq!(x.origin.port(), Some(8448));
         assert_eq!(x.sig, "abc");
         assert!(x.destination.is_none());
-        let x = XMatrix::parse("X-Matrix key = \"ed25519:a\" , origin=\"o\" ,sig=\"a\\\"b\"").unwrap();
+        let x =
+            XMatrix::parse("X-Matrix key = \"ed25519:a\" , origin=\"o\" ,sig=\"a\\\"b\"").unwrap();
         assert_eq!(x.sig, "a\"b");
     }
 
@@ -461,7 +472,9 @@ mod tests {
             Err(XMatrixError::Key(_))
         ));
         assert_eq!(
-            XMatrix::parse("X-Matrix origin=o,key=nocolon,sig=s").unwrap_err().http_status(),
+            XMatrix::parse("X-Matrix origin=o,key=nocolon,sig=s")
+                .unwrap_err()
+                .http_status(),
             400
         );
     }
@@ -480,12 +493,24 @@ mod tests {
         let pk = key().verifying_key();
         let other_dest = sn("someone.else");
         let e = x
-            .verify(&RequestToSign { destination: &other_dest, ..req }, &pk)
+            .verify(
+                &RequestToSign {
+                    destination: &other_dest,
+                    ..req
+                },
+                &pk,
+            )
             .unwrap_err();
         assert!(matches!(e, XMatrixError::DestinationMismatch { .. }));
         assert_eq!(e.http_status(), 401);
         let e = x
-            .verify(&RequestToSign { uri: "/_matrix/federation/v1/version?x=1", ..req }, &pk)
+            .verify(
+                &RequestToSign {
+                    uri: "/_matrix/federation/v1/version?x=1",
+                    ..req
+                },
+                &pk,
+            )
             .unwrap_err();
         assert!(matches!(e, XMatrixError::BadSignature { .. }));
         assert_eq!(e.http_status(), 401);
@@ -495,7 +520,10 @@ mod tests {
         no_dest.verify(&req, &pk).unwrap();
         let mut bad = x.clone();
         bad.sig = "sig".into();
-        assert!(matches!(bad.verify(&req, &pk), Err(XMatrixError::BadSignatureEncoding(_))));
+        assert!(matches!(
+            bad.verify(&req, &pk),
+            Err(XMatrixError::BadSignatureEncoding(_))
+        ));
         // The origin in the header is the one verified.
         let mut other_origin = x;
         other_origin.origin = sn("evil.example");

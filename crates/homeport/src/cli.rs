@@ -1,0 +1,103 @@
+//! Command-line definitions (clap derive). Keep in step with the CLI
+//! section of DESIGN.md: users script against it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Matrix federation discovery, trust and keys, explained.
+///
+/// homeport finds a Matrix server exactly as federating servers do
+/// (.well-known, SRV, port 8448), checks its TLS certificate and signing
+/// keys, and tells you what to fix.
+#[derive(Debug, Parser)]
+#[command(name = "homeport", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 signing key in Synapse's file format.
+    ///
+    /// Writes one line, `ed25519 <version> <seed>`, to FILE (never
+    /// overwriting an existing file) or to stdout. The key id and public key
+    /// are printed on stderr.
+    #[command(
+        after_help = "Examples:\n  homeport keygen -o example.org.signing.key\n  homeport keygen --version a_1234 > key"
+    )]
+    Keygen {
+        /// Key version (the part after `ed25519:`); default `a_` plus four
+        /// random alphanumerics, as Synapse makes.
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Write to FILE instead of stdout; refuses to overwrite.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+
+    /// Print a JSON document as Matrix canonical JSON (plus one newline).
+    ///
+    /// Keys are sorted by code point, whitespace removed, only `"`, `\` and
+    /// control characters escaped. By default integral floats (`-0`, `1e10`,
+    /// `2.0`) are written as integers, as in the spec's example; `--strict`
+    /// rejects every float, as room versions 6 and later require. A fraction
+    /// or an integer outside ±(2^53−1) is rejected in both modes, and so are
+    /// duplicate keys.
+    #[command(
+        after_help = "Examples:\n  echo '{\"b\":1,\"a\":-0}' | homeport canonical-json\n  homeport canonical-json --strict event.json"
+    )]
+    CanonicalJson {
+        /// Reject all floats, including -0 and 1e10.
+        #[arg(long)]
+        strict: bool,
+        /// Input file; `-` or nothing reads stdin.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+
+    /// Sign a JSON object as a server and print it as canonical JSON.
+    ///
+    /// The signature covers the canonical form without `signatures` and
+    /// `unsigned`; it is merged into any existing `signatures`.
+    #[command(
+        after_help = "Example:\n  homeport sign-json --key example.org.signing.key --server-name example.org doc.json"
+    )]
+    SignJson {
+        /// A Synapse-format signing key file (`ed25519 <version> <seed>` lines).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The signing server's name (the entity under `signatures`).
+        #[arg(long, value_name = "NAME")]
+        server_name: String,
+        /// Which key of the file to use (`ed25519:a_AbCd`); default the first.
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+        /// Input file; `-` or nothing reads stdin.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+
+    /// Verify a server's signature on a JSON object.
+    ///
+    /// Exit status 0 when the signature by KEY-ID verifies with PUBLIC-KEY
+    /// (nothing is printed), 1 when it is missing or invalid, 2 for bad input.
+    #[command(
+        after_help = "Example:\n  homeport verify-json --server-name example.org --key-id ed25519:a_AbCd --public-key XGX0... signed.json"
+    )]
+    VerifyJson {
+        /// The signing server's name.
+        #[arg(long, value_name = "NAME")]
+        server_name: String,
+        /// The key id (`ed25519:<version>`).
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// The public key, base64 (padded or not).
+        #[arg(long, value_name = "B64")]
+        public_key: String,
+        /// Input file; `-` or nothing reads stdin.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+}

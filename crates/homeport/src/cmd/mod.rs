@@ -1,0 +1,30 @@
+//! One function per command: parse arguments into library types, call the
+//! library, print, map the outcome to an exit status.
+
+mod input;
+mod json_tools;
+mod keygen;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliResult;
+
+pub fn run(cli: Cli) -> CliResult<ExitCode> {
+    match cli.command {
+        Command::Keygen { version, output } => keygen::run(version, output),
+        Command::CanonicalJson { strict, input } => json_tools::canonical(strict, input),
+        Command::SignJson {
+            key,
+            server_name,
+            key_id,
+            input,
+        } => json_tools::sign(&key, &server_name, key_id.as_deref(), input),
+        Command::VerifyJson {
+            server_name,
+            key_id,
+            public_key,
+            input,
+        } => json_tools::verify(&server_name, &key_id, &public_key, input),
+    }
+}
