@@ -20,6 +20,7 @@
 
 pub mod base64;
 pub mod canonical_json;
+pub mod duration;
 pub mod keys;
 pub mod server_name;
 pub mod signing;

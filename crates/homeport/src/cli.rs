@@ -1,9 +1,11 @@
 //! Command-line definitions (clap derive). Keep in step with the CLI
 //! section of DESIGN.md: users script against it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Matrix federation discovery, trust and keys, explained.
 ///
@@ -17,8 +19,60 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options of every command that reaches out to the network.
+#[derive(Debug, Clone, Args)]
+pub struct NetOpts {
+    /// Ask this nameserver (IP:PORT) instead of the system's; repeatable.
+    #[arg(long = "dns", value_name = "IP:PORT")]
+    pub dns: Vec<SocketAddr>,
+    /// Trust this PEM CA file in addition to the system store; repeatable.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    pub ca_file: Vec<PathBuf>,
+    /// Trust only the --ca-file certificates, not the system store.
+    #[arg(long)]
+    pub no_system_roots: bool,
+    /// Bound on the whole command (500ms, 10s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    homeport_core::duration::parse_with_unit(s).map_err(|e| e.to_string())
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people.
+    Human,
+    /// The JSON contract.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Resolve a server name exactly as federating servers do.
+    ///
+    /// Follows the Server-Server API's steps: IP literal (1), explicit port
+    /// (2), `.well-known/matrix/server` (3.1-3.5), `_matrix-fed._tcp` then
+    /// `_matrix._tcp` SRV (4, 5), port 8448 (6). Prints the trace (what was
+    /// asked, what came back, which rule decided) and the result: the
+    /// addresses to connect to, the Host header, the certificate name and
+    /// the SNI. Exit status 0 resolved, 1 not resolvable, 2 invalid name.
+    #[command(after_help = "Examples:\n  homeport resolve matrix.org\n  homeport resolve example.org --json\n  homeport resolve example.test --dns 127.0.0.53:53 --ca-file test-ca.crt")]
+    Resolve {
+        /// The server name (`example.org`, `example.org:8448`, `[::1]`).
+        name: String,
+        /// Print the JSON object (same as --format json).
+        #[arg(long)]
+        json: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[command(flatten)]
+        net: NetOpts,
+    },
+
     /// Generate an Ed25519 signing key in Synapse's file format.
     ///
     /// Writes one line, `ed25519 <version> <seed>`, to FILE (never

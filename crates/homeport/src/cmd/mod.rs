@@ -4,6 +4,8 @@
 mod input;
 mod json_tools;
 mod keygen;
+mod net;
+mod resolve;
 
 use std::process::ExitCode;
 
@@ -12,6 +14,12 @@ use crate::error::CliResult;
 
 pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Resolve {
+            name,
+            json,
+            format,
+            net,
+        } => resolve::run(&name, json || format == crate::cli::Format::Json, &net),
         Command::Keygen { version, output } => keygen::run(version, output),
         Command::CanonicalJson { strict, input } => json_tools::canonical(strict, input),
         Command::SignJson {
