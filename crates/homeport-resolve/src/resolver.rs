@@ -38,6 +38,9 @@ pub struct ResolverConfig {
     pub timeout: Duration,
     /// Completed resolutions kept (entries).
     pub max_cached_resolutions: usize,
+    /// The port of steps 1, 3.1, 3.5 and 6 when none is given: 8448 as the
+    /// spec says. Only the lab and tests change it, to run without root.
+    pub default_port: u16,
 }
 
 impl Default for ResolverConfig {
@@ -49,6 +52,7 @@ impl Default for ResolverConfig {
             filter: AddressFilter::allow_all(),
             timeout: Duration::from_secs(30),
             max_cached_resolutions: 10_000,
+            default_port: DEFAULT_PORT,
         }
     }
 }
@@ -223,6 +227,7 @@ struct Shared {
     well_known: WellKnown,
     filter: AddressFilter,
     timeout: Duration,
+    default_port: u16,
     clock: Arc<dyn Clock>,
     results: TtlCache<Box<str>, Arc<Resolution>>,
     flight: SingleFlight<Box<str>, Arc<Resolution>>,
@@ -275,6 +280,7 @@ impl Resolver {
                 well_known: WellKnown::new(cfg.well_known, tls, clock.clone()),
                 filter: cfg.filter,
                 timeout: cfg.timeout,
+                default_port: cfg.default_port,
                 results: TtlCache::new(cfg.max_cached_resolutions),
                 flight: SingleFlight::new(),
                 clock,
@@ -367,7 +373,7 @@ impl Resolver {
         // Step 1: IP literal.
         if let Some(ip) = name.host().ip() {
             p.step = Step::IpLiteral;
-            let port = name.port().unwrap_or(DEFAULT_PORT);
+            let port = name.port().unwrap_or(self.inner.default_port);
             p.note("name", format!("{name} is an IP literal: {}", Step::IpLiteral.rule()));
             let addrs = self.filtered(vec![ip], p)?;
             return Ok(Destination {
@@ -396,7 +402,12 @@ impl Resolver {
         // Step 3: .well-known.
         p.step = Step::WellKnown;
         let lower = host.to_ascii_lowercase();
-        p.note("well-known", format!("GET https://{lower}/.well-known/matrix/server"));
+        let wk_port = self.inner.well_known.policy().port;
+        if wk_port == 443 {
+            p.note("well-known", format!("GET https://{lower}/.well-known/matrix/server"));
+        } else {
+            p.note("well-known", format!("GET https://{lower}:{wk_port}/.well-known/matrix/server (port overridden; the spec says 443)"));
+        }
         let wk = self
             .inner
             .well_known
@@ -431,7 +442,7 @@ impl Resolver {
                 tls_name: d.host().clone(),
                 targets: vec![Target {
                     host: ip.to_string(),
-                    port: d.port().unwrap_or(DEFAULT_PORT),
+                    port: d.port().unwrap_or(self.inner.default_port),
                     addrs,
                     cname: None,
                 }],
@@ -496,7 +507,7 @@ impl Resolver {
         }
         p.step = default_step;
         p.note("decide", format!("no SRV records: step {default_step}: {}", default_step.rule()));
-        let target = self.addresses(host, DEFAULT_PORT, p).await?;
+        let target = self.addresses(host, self.inner.default_port, p).await?;
         Ok(dest(vec![target]))
     }
 

@@ -64,6 +64,9 @@ pub struct WellKnownPolicy {
     pub max_entries: usize,
     /// User-Agent sent.
     pub user_agent: String,
+    /// Port the first request goes to: 443 as the spec says. Only the lab
+    /// and tests change it, to run without root.
+    pub port: u16,
 }
 
 impl Default for WellKnownPolicy {
@@ -85,6 +88,7 @@ impl Default for WellKnownPolicy {
             timeout: Duration::from_secs(10),
             max_entries: 10_000,
             user_agent: concat!("homeport/", env!("CARGO_PKG_VERSION")).to_owned(),
+            port: 443,
         }
     }
 }
@@ -395,7 +399,11 @@ async fn fetch(
     policy: &WellKnownPolicy,
     _clock: &dyn Clock,
 ) -> WellKnownReport {
-    let first = format!("https://{host}/.well-known/matrix/server");
+    let first = if policy.port == 443 {
+        format!("https://{host}/.well-known/matrix/server")
+    } else {
+        format!("https://{host}:{}/.well-known/matrix/server", policy.port)
+    };
     let mut report = WellKnownReport {
         url: first.clone(),
         status: None,
