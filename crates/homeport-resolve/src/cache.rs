@@ -162,10 +162,21 @@ mod tests {
     fn fresh_stale_miss() {
         let c = TtlCache::new(10);
         let t0 = Instant::now();
-        c.insert("a", 1, t0 + Duration::from_secs(10), t0 + Duration::from_secs(20));
+        c.insert(
+            "a",
+            1,
+            t0 + Duration::from_secs(10),
+            t0 + Duration::from_secs(20),
+        );
         assert!(matches!(c.get("a", t0), Cached::Fresh(1)));
-        assert!(matches!(c.get("a", t0 + Duration::from_secs(15)), Cached::Stale(1)));
-        assert!(matches!(c.get("a", t0 + Duration::from_secs(25)), Cached::Miss));
+        assert!(matches!(
+            c.get("a", t0 + Duration::from_secs(15)),
+            Cached::Stale(1)
+        ));
+        assert!(matches!(
+            c.get("a", t0 + Duration::from_secs(25)),
+            Cached::Miss
+        ));
         assert!(matches!(c.get("b", t0), Cached::Miss));
     }
 
@@ -211,7 +222,9 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // A later call runs again.
-        let v = sf.run("k", || async { runs.fetch_add(1, Ordering::SeqCst) + 100 }).await;
+        let v = sf
+            .run("k", || async { runs.fetch_add(1, Ordering::SeqCst) + 100 })
+            .await;
         assert_eq!(v, 101);
     }
 }

@@ -102,7 +102,11 @@ pub fn httpdate_parse(s: &str) -> Option<SystemTime> {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
-    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -137,37 +141,67 @@ mod tests {
     #[test]
     fn max_age_wins_over_expires() {
         assert_eq!(
-            cache_period(&["max-age=60"], Some("Sun, 06 Nov 1994 08:49:37 GMT"), at(0)),
+            cache_period(
+                &["max-age=60"],
+                Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+                at(0)
+            ),
             CachePeriod::For(Duration::from_secs(60))
         );
     }
 
     #[test]
     fn no_store_means_zero() {
-        assert_eq!(cache_period(&["no-store, max-age=60"], None, at(0)), CachePeriod::NoStore);
-        assert_eq!(cache_period(&["max-age=60", "no-store"], None, at(0)), CachePeriod::NoStore);
+        assert_eq!(
+            cache_period(&["no-store, max-age=60"], None, at(0)),
+            CachePeriod::NoStore
+        );
+        assert_eq!(
+            cache_period(&["max-age=60", "no-store"], None, at(0)),
+            CachePeriod::NoStore
+        );
     }
 
     #[test]
     fn expires_relative_to_now() {
         // 1994-11-06 08:49:37 UTC = 784111777.
-        assert_eq!(httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"), Some(at(784_111_777)));
         assert_eq!(
-            cache_period(&[], Some("Sun, 06 Nov 1994 08:49:37 GMT"), at(784_111_777 - 100)),
+            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(at(784_111_777))
+        );
+        assert_eq!(
+            cache_period(
+                &[],
+                Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+                at(784_111_777 - 100)
+            ),
             CachePeriod::For(Duration::from_secs(100))
         );
         assert_eq!(
-            cache_period(&[], Some("Sun, 06 Nov 1994 08:49:37 GMT"), at(784_111_777 + 100)),
+            cache_period(
+                &[],
+                Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+                at(784_111_777 + 100)
+            ),
             CachePeriod::For(Duration::ZERO)
         );
-        assert_eq!(cache_period(&[], Some("garbage"), at(0)), CachePeriod::For(Duration::ZERO));
+        assert_eq!(
+            cache_period(&[], Some("garbage"), at(0)),
+            CachePeriod::For(Duration::ZERO)
+        );
     }
 
     #[test]
     fn nothing_usable() {
         assert_eq!(cache_period(&[], None, at(0)), CachePeriod::Unspecified);
-        assert_eq!(cache_period(&["public"], None, at(0)), CachePeriod::Unspecified);
-        assert_eq!(cache_period(&["max-age=abc"], None, at(0)), CachePeriod::Unspecified);
+        assert_eq!(
+            cache_period(&["public"], None, at(0)),
+            CachePeriod::Unspecified
+        );
+        assert_eq!(
+            cache_period(&["max-age=abc"], None, at(0)),
+            CachePeriod::Unspecified
+        );
     }
 
     #[test]
@@ -182,6 +216,9 @@ mod tests {
             assert_eq!(httpdate_parse(s), None, "{s}");
         }
         assert_eq!(httpdate_parse("Thu, 01 Jan 1970 00:00:00 GMT"), Some(at(0)));
-        assert_eq!(httpdate_parse("Tue, 29 Feb 2000 12:00:00 GMT"), Some(at(951_825_600)));
+        assert_eq!(
+            httpdate_parse("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(at(951_825_600))
+        );
     }
 }

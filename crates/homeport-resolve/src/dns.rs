@@ -154,7 +154,10 @@ struct Key {
 #[derive(Clone, Debug)]
 enum Entry {
     Srv(Arc<SrvAnswer>),
-    Ip { ips: Arc<[IpAddr]>, cname: Option<Arc<str>> },
+    Ip {
+        ips: Arc<[IpAddr]>,
+        cname: Option<Arc<str>>,
+    },
     None(NoRecords),
 }
 
@@ -223,7 +226,12 @@ impl Dns {
             rtype: u16::from(rtype),
         };
         let stale = match self.cache.get(&key, self.clock.now()) {
-            Cached::Fresh(e) => return Ok(Answer { value: e, stale: None }),
+            Cached::Fresh(e) => {
+                return Ok(Answer {
+                    value: e,
+                    stale: None,
+                });
+            }
             Cached::Stale(e) => Some(e),
             Cached::Miss => None,
         };
@@ -235,8 +243,12 @@ impl Dns {
             Ok((entry, ttl)) => {
                 let now = self.clock.now();
                 let ttl = ttl.min(self.cfg.max_ttl);
-                self.cache
-                    .insert(key, entry.clone(), now + ttl, now + ttl + self.cfg.stale_for);
+                self.cache.insert(
+                    key,
+                    entry.clone(),
+                    now + ttl,
+                    now + ttl + self.cfg.stale_for,
+                );
                 Ok(Answer {
                     value: entry,
                     stale: None,
@@ -384,7 +396,9 @@ impl Dns {
         let now = self.clock.now();
         let mut kind = None;
         for t in [RecordType::AAAA, RecordType::A] {
-            if let Cached::Fresh(Entry::None(k)) | Cached::Stale(Entry::None(k)) = self.cache.get(&key(t), now) {
+            if let Cached::Fresh(Entry::None(k)) | Cached::Stale(Entry::None(k)) =
+                self.cache.get(&key(t), now)
+            {
                 if k == NoRecords::NoData || kind.is_none() {
                     kind = Some(k);
                 }
@@ -399,7 +413,9 @@ impl DnsConfig {
     /// `srv_max_records` of them. Keeping a few times the final count lets
     /// priority ordering see beyond the first records of a huge answer.
     fn srv_max_records_raw(&self) -> usize {
-        self.srv_max_records.saturating_mul(4).max(self.srv_max_records)
+        self.srv_max_records
+            .saturating_mul(4)
+            .max(self.srv_max_records)
     }
 }
 

@@ -68,7 +68,10 @@ impl AddressFilter {
     /// Synapse's default deny list.
     pub fn default_deny() -> Self {
         AddressFilter {
-            deny: DEFAULT_DENY.iter().filter_map(|s| parse_range(s).ok()).collect(),
+            deny: DEFAULT_DENY
+                .iter()
+                .filter_map(|s| parse_range(s).ok())
+                .collect(),
             allow: Vec::new(),
         }
     }
@@ -137,7 +140,20 @@ mod tests {
     #[test]
     fn default_list_blocks_special_ranges() {
         let f = AddressFilter::default_deny();
-        for a in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "100.64.0.1", "169.254.1.1", "::1", "fe80::1", "fd00::1", "0.0.0.0", "224.0.0.1", "ff02::1", "::"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "ff02::1",
+            "::",
+        ] {
             assert!(!f.permits(ip(a)), "{a} should be denied");
         }
         for a in ["8.8.8.8", "2606:4700::1", "1.1.1.1"] {
@@ -148,7 +164,12 @@ mod tests {
     #[test]
     fn embedded_forms_are_unwrapped() {
         let f = AddressFilter::default_deny();
-        for a in ["::ffff:127.0.0.1", "::127.0.0.1", "64:ff9b::7f00:1", "64:ff9b::10.0.0.1"] {
+        for a in [
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.0.0.1",
+        ] {
             assert!(!f.permits(ip(a)), "{a} should be denied");
         }
         assert!(f.permits(ip("64:ff9b::808:808")));
@@ -169,6 +190,9 @@ mod tests {
     fn ranges_parse_and_errors_say_what() {
         assert_eq!(parse_range("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_range("::1").unwrap().to_string(), "::1/128");
-        assert_eq!(parse_range("nope").unwrap_err().to_string(), "\"nope\" is not an IP range (expected e.g. 10.0.0.0/8 or fc00::/7)");
+        assert_eq!(
+            parse_range("nope").unwrap_err().to_string(),
+            "\"nope\" is not an IP range (expected e.g. 10.0.0.0/8 or fc00::/7)"
+        );
     }
 }

@@ -43,4 +43,6 @@ pub use resolver::{
 };
 pub use step::Step;
 pub use tls::TrustConfig;
-pub use wellknown::{Outcome as WellKnownOutcome, WellKnownFailure, WellKnownPolicy, WellKnownReport};
+pub use wellknown::{
+    Outcome as WellKnownOutcome, WellKnownFailure, WellKnownPolicy, WellKnownReport,
+};

@@ -310,8 +310,12 @@ impl Resolver {
                     let mut cached = (*r).clone();
                     cached.from_cache = true;
                     let now = s.clock.now();
-                    s.results
-                        .insert(name.as_str().into(), Arc::new(cached), now + valid_for, now + valid_for);
+                    s.results.insert(
+                        name.as_str().into(),
+                        Arc::new(cached),
+                        now + valid_for,
+                        now + valid_for,
+                    );
                 }
                 r
             })
@@ -354,7 +358,11 @@ impl Resolver {
             ),
             Err(e) => p.note("decide", format!("step {} failed: {e}", p.step)),
         }
-        let valid_for = if p.valid_for == Duration::MAX { Duration::ZERO } else { p.valid_for };
+        let valid_for = if p.valid_for == Duration::MAX {
+            Duration::ZERO
+        } else {
+            p.valid_for
+        };
         (
             Resolution {
                 server_name: name.clone(),
@@ -369,12 +377,19 @@ impl Resolver {
         )
     }
 
-    async fn run_steps(&self, name: &ServerName, p: &mut Progress) -> Result<Destination, ResolveError> {
+    async fn run_steps(
+        &self,
+        name: &ServerName,
+        p: &mut Progress,
+    ) -> Result<Destination, ResolveError> {
         // Step 1: IP literal.
         if let Some(ip) = name.host().ip() {
             p.step = Step::IpLiteral;
             let port = name.port().unwrap_or(self.inner.default_port);
-            p.note("name", format!("{name} is an IP literal: {}", Step::IpLiteral.rule()));
+            p.note(
+                "name",
+                format!("{name} is an IP literal: {}", Step::IpLiteral.rule()),
+            );
             let addrs = self.filtered(vec![ip], p)?;
             return Ok(Destination {
                 host_header: name.as_str().to_owned(),
@@ -391,7 +406,10 @@ impl Resolver {
         // Step 2: explicit port.
         if let Some(port) = name.port() {
             p.step = Step::ExplicitPort;
-            p.note("name", format!("{name} has an explicit port: {}", Step::ExplicitPort.rule()));
+            p.note(
+                "name",
+                format!("{name} has an explicit port: {}", Step::ExplicitPort.rule()),
+            );
             let target = self.addresses(host, port, p).await?;
             return Ok(Destination {
                 host_header: name.as_str().to_owned(),
@@ -404,7 +422,10 @@ impl Resolver {
         let lower = host.to_ascii_lowercase();
         let wk_port = self.inner.well_known.policy().port;
         if wk_port == 443 {
-            p.note("well-known", format!("GET https://{lower}/.well-known/matrix/server"));
+            p.note(
+                "well-known",
+                format!("GET https://{lower}/.well-known/matrix/server"),
+            );
         } else {
             p.note("well-known", format!("GET https://{lower}:{wk_port}/.well-known/matrix/server (port overridden; the spec says 443)"));
         }
@@ -415,9 +436,10 @@ impl Resolver {
             .await;
         describe_well_known(&wk, p);
         if wk.from_cache || wk.result.is_ok() {
-            p.valid_for = p.valid_for.min(Duration::from_secs(wk.cache_seconds.max(1)).mul_f64(
-                1.0 - self.inner.well_known.policy().grace_fraction,
-            ));
+            p.valid_for = p.valid_for.min(
+                Duration::from_secs(wk.cache_seconds.max(1))
+                    .mul_f64(1.0 - self.inner.well_known.policy().grace_fraction),
+            );
         } else {
             p.valid_for = Duration::ZERO;
         }
@@ -432,10 +454,20 @@ impl Resolver {
         }
     }
 
-    async fn delegated(&self, d: &ServerName, p: &mut Progress) -> Result<Destination, ResolveError> {
+    async fn delegated(
+        &self,
+        d: &ServerName,
+        p: &mut Progress,
+    ) -> Result<Destination, ResolveError> {
         if let Some(ip) = d.host().ip() {
             p.step = Step::DelegatedIp;
-            p.note("decide", format!("m.server {d} is an IP literal: {}", Step::DelegatedIp.rule()));
+            p.note(
+                "decide",
+                format!(
+                    "m.server {d} is an IP literal: {}",
+                    Step::DelegatedIp.rule()
+                ),
+            );
             let addrs = self.filtered(vec![ip], p)?;
             return Ok(Destination {
                 host_header: d.as_str().to_owned(),
@@ -468,7 +500,11 @@ impl Resolver {
         self.srv_steps(
             d,
             d.host_str(),
-            [Step::DelegatedSrv, Step::DelegatedLegacySrv, Step::DelegatedDefault],
+            [
+                Step::DelegatedSrv,
+                Step::DelegatedLegacySrv,
+                Step::DelegatedDefault,
+            ],
             p,
         )
         .await
@@ -490,7 +526,10 @@ impl Resolver {
             tls_name: name.host().clone(),
             targets,
         };
-        for (step, prefix) in [(srv_step, "_matrix-fed._tcp."), (legacy_step, "_matrix._tcp.")] {
+        for (step, prefix) in [
+            (srv_step, "_matrix-fed._tcp."),
+            (legacy_step, "_matrix._tcp."),
+        ] {
             p.step = step;
             let qname = format!("{prefix}{lower}");
             match self.srv_lookup(&qname, p).await? {
@@ -506,13 +545,23 @@ impl Resolver {
             }
         }
         p.step = default_step;
-        p.note("decide", format!("no SRV records: step {default_step}: {}", default_step.rule()));
+        p.note(
+            "decide",
+            format!(
+                "no SRV records: step {default_step}: {}",
+                default_step.rule()
+            ),
+        );
         let target = self.addresses(host, self.inner.default_port, p).await?;
         Ok(dest(vec![target]))
     }
 
     /// `Ok(Some(records))` ordered, `Ok(None)` when the name has no records.
-    async fn srv_lookup(&self, qname: &str, p: &mut Progress) -> Result<Option<Vec<SrvRecord>>, ResolveError> {
+    async fn srv_lookup(
+        &self,
+        qname: &str,
+        p: &mut Progress,
+    ) -> Result<Option<Vec<SrvRecord>>, ResolveError> {
         p.note("srv", format!("SRV {qname}?"));
         let answer = match self.inner.dns.srv(qname).await {
             Ok(a) => a,
@@ -558,7 +607,10 @@ impl Resolver {
                     srv::order(records, &mut *rng, max)
                 };
                 if ordered.len() == 1 && ordered[0].is_unavailable() {
-                    p.note("srv", format!("{qname}: single record with target \".\": service not available"));
+                    p.note(
+                        "srv",
+                        format!("{qname}: single record with target \".\": service not available"),
+                    );
                     p.srv.push(SrvReport {
                         name: qname.to_owned(),
                         outcome: SrvOutcome::Unavailable,
@@ -566,20 +618,29 @@ impl Resolver {
                         error: None,
                         stale,
                     });
-                    return Err(ResolveError::SrvUnavailable { name: qname.to_owned() });
+                    return Err(ResolveError::SrvUnavailable {
+                        name: qname.to_owned(),
+                    });
                 }
                 let shown: Vec<String> = ordered
                     .iter()
                     .take(5)
                     .map(|r| format!("{} {} {} {}", r.priority, r.weight, r.port, r.target))
                     .collect();
-                let more = if ordered.len() > 5 { format!(" and {} more", ordered.len() - 5) } else { String::new() };
+                let more = if ordered.len() > 5 {
+                    format!(" and {} more", ordered.len() - 5)
+                } else {
+                    String::new()
+                };
                 let capped = if received > ordered.len() {
                     format!(" (kept {} of {received} records)", ordered.len())
                 } else {
                     String::new()
                 };
-                p.note("srv", format!("{qname}: {}{more}{capped}", shown.join(", ")));
+                p.note(
+                    "srv",
+                    format!("{qname}: {}{more}{capped}", shown.join(", ")),
+                );
                 p.srv.push(SrvReport {
                     name: qname.to_owned(),
                     outcome: SrvOutcome::Found,
@@ -587,12 +648,22 @@ impl Resolver {
                     error: None,
                     stale,
                 });
-                Ok(Some(ordered.into_iter().filter(|r| !r.is_unavailable()).collect()))
+                Ok(Some(
+                    ordered
+                        .into_iter()
+                        .filter(|r| !r.is_unavailable())
+                        .collect(),
+                ))
             }
         }
     }
 
-    async fn srv_targets(&self, records: &[SrvRecord], qname: &str, p: &mut Progress) -> Result<Vec<Target>, ResolveError> {
+    async fn srv_targets(
+        &self,
+        records: &[SrvRecord],
+        qname: &str,
+        p: &mut Progress,
+    ) -> Result<Vec<Target>, ResolveError> {
         // Resolve each distinct target once, concurrently.
         let mut distinct: Vec<&str> = Vec::new();
         for r in records {
@@ -621,7 +692,10 @@ impl Resolver {
                         match self.inner.filter.denied_by(ip) {
                             None => ok.push(ip),
                             Some(range) => {
-                                p.note("filter", format!("{ip} ({}) is in denied range {range}", r.target));
+                                p.note(
+                                    "filter",
+                                    format!("{ip} ({}) is in denied range {range}", r.target),
+                                );
                                 denied_all.push(format!("{ip} in {range}"));
                             }
                         }
@@ -637,7 +711,10 @@ impl Resolver {
                         cname: a.cname.clone(),
                     });
                 }
-                Some(Ok(_)) => p.note("dns", format!("SRV target {} has no A or AAAA records; skipped", r.target)),
+                Some(Ok(_)) => p.note(
+                    "dns",
+                    format!("SRV target {} has no A or AAAA records; skipped", r.target),
+                ),
                 Some(Err(e)) => {
                     p.note("dns", format!("SRV target {}: {e}; skipped", r.target));
                     first_err.get_or_insert_with(|| e.clone());
@@ -647,19 +724,28 @@ impl Resolver {
         }
         if targets.is_empty() {
             if !denied_all.is_empty() {
-                return Err(ResolveError::Denied { detail: denied_all.join(", ") });
+                return Err(ResolveError::Denied {
+                    detail: denied_all.join(", "),
+                });
             }
             if let Some(e) = first_err {
                 return Err(ResolveError::Dns(e));
             }
             let names: Vec<&str> = records.iter().map(|r| r.target.as_str()).collect();
             p.note("dns", format!("no target of {qname} has an address"));
-            return Err(ResolveError::NoAddresses { hosts: names.join(", ") });
+            return Err(ResolveError::NoAddresses {
+                hosts: names.join(", "),
+            });
         }
         Ok(targets)
     }
 
-    async fn addresses(&self, host: &str, port: u16, p: &mut Progress) -> Result<Target, ResolveError> {
+    async fn addresses(
+        &self,
+        host: &str,
+        port: u16,
+        p: &mut Progress,
+    ) -> Result<Target, ResolveError> {
         p.note("dns", format!("AAAA/A {host}?"));
         let a = match self.inner.dns.addrs(host).await {
             Ok(a) => a,
@@ -684,7 +770,9 @@ impl Resolver {
                 _ => "no A or AAAA records",
             };
             p.note("dns", format!("{host}: {what}"));
-            return Err(ResolveError::NoAddresses { hosts: host.to_owned() });
+            return Err(ResolveError::NoAddresses {
+                hosts: host.to_owned(),
+            });
         }
         if let Some(c) = &a.value.cname {
             p.note("dns", format!("{host} is a CNAME for {c}"));
@@ -715,7 +803,9 @@ impl Resolver {
             }
         }
         if ok.is_empty() {
-            return Err(ResolveError::Denied { detail: denied.join(", ") });
+            return Err(ResolveError::Denied {
+                detail: denied.join(", "),
+            });
         }
         Ok(ok)
     }
@@ -749,7 +839,11 @@ fn describe_well_known(wk: &WellKnownReport, p: &mut Progress) {
     match &wk.result {
         Ok(d) => p.note(
             "well-known",
-            format!("HTTP {} m.server = {d}{origin}; cached for {}s", wk.status.unwrap_or(200), wk.cache_seconds),
+            format!(
+                "HTTP {} m.server = {d}{origin}; cached for {}s",
+                wk.status.unwrap_or(200),
+                wk.cache_seconds
+            ),
         ),
         Err(e) => {
             let kind = match e.outcome() {
@@ -757,16 +851,25 @@ fn describe_well_known(wk: &WellKnownReport, p: &mut Progress) {
                 Outcome::Invalid => "invalid, ignored",
                 _ => "failed (temporary)",
             };
-            p.note("well-known", format!("{e}: {kind}{origin}; go on without delegation (steps 4-6)"));
+            p.note(
+                "well-known",
+                format!("{e}: {kind}{origin}; go on without delegation (steps 4-6)"),
+            );
         }
     }
     if let Some(e) = &wk.stale_because {
-        p.note("well-known", format!("refetch failed ({e}); serving the previous valid result"));
+        p.note(
+            "well-known",
+            format!("refetch failed ({e}); serving the previous valid result"),
+        );
     }
 }
 
 fn join_ips(ips: &[IpAddr]) -> String {
-    ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_targets(targets: &[Target]) -> String {
@@ -817,7 +920,8 @@ impl Resolution {
             Ok(d) => (
                 serde_json::Value::from(d.host_header.clone()),
                 serde_json::Value::from(d.tls_name_text()),
-                d.sni().map_or(serde_json::Value::Null, serde_json::Value::from),
+                d.sni()
+                    .map_or(serde_json::Value::Null, serde_json::Value::from),
                 serde_json::to_value(&d.targets).unwrap_or_default(),
                 serde_json::Value::Null,
             ),

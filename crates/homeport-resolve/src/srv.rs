@@ -27,13 +27,20 @@ impl SrvRecord {
 /// weight. Records of weight 0 come after the weighted ones, in random order
 /// (as Synapse does; RFC 2782's "0 to sum inclusive" pick would also bias
 /// against the first weighted record). Keeps at most `max` records.
-pub fn order<R: Rng + ?Sized>(mut records: Vec<SrvRecord>, rng: &mut R, max: usize) -> Vec<SrvRecord> {
+pub fn order<R: Rng + ?Sized>(
+    mut records: Vec<SrvRecord>,
+    rng: &mut R,
+    max: usize,
+) -> Vec<SrvRecord> {
     records.sort_by_key(|r| r.priority);
     let mut out = Vec::with_capacity(records.len().min(max));
     let mut i = 0;
     while i < records.len() && out.len() < max {
         let prio = records[i].priority;
-        let n = records[i..].iter().take_while(|r| r.priority == prio).count();
+        let n = records[i..]
+            .iter()
+            .take_while(|r| r.priority == prio)
+            .count();
         let mut pool: Vec<SrvRecord> = records[i..i + n].to_vec();
         i += n;
         while !pool.is_empty() && out.len() < max {
@@ -75,7 +82,12 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..50 {
             let got = order(
-                vec![rec(20, 1, "c"), rec(10, 0, "a"), rec(30, 100, "d"), rec(10, 0, "b")],
+                vec![
+                    rec(20, 1, "c"),
+                    rec(10, 0, "a"),
+                    rec(30, 100, "d"),
+                    rec(10, 0, "b"),
+                ],
                 &mut rng,
                 100,
             );
@@ -89,7 +101,11 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut first_heavy = 0;
         for _ in 0..2000 {
-            let got = order(vec![rec(10, 1, "light"), rec(10, 9, "heavy")], &mut rng, 100);
+            let got = order(
+                vec![rec(10, 1, "light"), rec(10, 9, "heavy")],
+                &mut rng,
+                100,
+            );
             if got[0].target == "heavy" {
                 first_heavy += 1;
             }
@@ -111,7 +127,11 @@ mod tests {
     #[test]
     fn zero_weights_all_kept() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let got = order(vec![rec(1, 0, "a"), rec(1, 0, "b"), rec(1, 0, "c")], &mut rng, 100);
+        let got = order(
+            vec![rec(1, 0, "a"), rec(1, 0, "b"), rec(1, 0, "c")],
+            &mut rng,
+            100,
+        );
         let mut t: Vec<&str> = got.iter().map(|r| r.target.as_str()).collect();
         t.sort();
         assert_eq!(t, ["a", "b", "c"]);
@@ -120,10 +140,15 @@ mod tests {
     #[test]
     fn capped_at_max() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let many: Vec<SrvRecord> = (0..2000).map(|i| rec((i % 7) as u16, 5, &format!("t{i}"))).collect();
+        let many: Vec<SrvRecord> = (0..2000)
+            .map(|i| rec((i % 7) as u16, 5, &format!("t{i}")))
+            .collect();
         let got = order(many, &mut rng, 100);
         assert_eq!(got.len(), 100);
-        assert!(got.iter().all(|r| r.priority == 0), "lowest priorities kept");
+        assert!(
+            got.iter().all(|r| r.priority == 0),
+            "lowest priorities kept"
+        );
     }
 
     #[test]

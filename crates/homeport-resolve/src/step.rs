@@ -50,17 +50,37 @@ impl Step {
     /// A short description of the rule.
     pub fn rule(self) -> &'static str {
         match self {
-            Step::IpLiteral => "the server name is an IP literal: connect to it (port given or 8448), Host is the name verbatim, no SNI",
-            Step::ExplicitPort => "the server name has an explicit port: connect to the hostname's addresses on that port, Host is hostname:port",
+            Step::IpLiteral => {
+                "the server name is an IP literal: connect to it (port given or 8448), Host is the name verbatim, no SNI"
+            }
+            Step::ExplicitPort => {
+                "the server name has an explicit port: connect to the hostname's addresses on that port, Host is hostname:port"
+            }
             Step::WellKnown => "no port: fetch https://<hostname>/.well-known/matrix/server",
-            Step::DelegatedIp => "m.server is an IP literal: connect to it (its port or 8448), Host is m.server verbatim, no SNI",
-            Step::DelegatedPort => "m.server has a port: connect to the delegated host on that port, Host is m.server verbatim",
-            Step::DelegatedSrv => "m.server has no port and _matrix-fed._tcp.<delegated> exists: connect to the SRV targets, Host and certificate name are the delegated host",
-            Step::DelegatedLegacySrv => "no _matrix-fed record, but the deprecated _matrix._tcp.<delegated> exists: connect to its targets, Host and certificate name are the delegated host",
-            Step::DelegatedDefault => "m.server has no port and no SRV record: connect to the delegated host on 8448",
-            Step::Srv => "no .well-known delegation and _matrix-fed._tcp.<hostname> exists: connect to the SRV targets, Host and certificate name are the hostname",
-            Step::LegacySrv => "no .well-known, no _matrix-fed record, but the deprecated _matrix._tcp.<hostname> exists: connect to its targets, Host and certificate name are the hostname",
-            Step::Default => "no .well-known delegation and no SRV record: connect to the hostname on 8448",
+            Step::DelegatedIp => {
+                "m.server is an IP literal: connect to it (its port or 8448), Host is m.server verbatim, no SNI"
+            }
+            Step::DelegatedPort => {
+                "m.server has a port: connect to the delegated host on that port, Host is m.server verbatim"
+            }
+            Step::DelegatedSrv => {
+                "m.server has no port and _matrix-fed._tcp.<delegated> exists: connect to the SRV targets, Host and certificate name are the delegated host"
+            }
+            Step::DelegatedLegacySrv => {
+                "no _matrix-fed record, but the deprecated _matrix._tcp.<delegated> exists: connect to its targets, Host and certificate name are the delegated host"
+            }
+            Step::DelegatedDefault => {
+                "m.server has no port and no SRV record: connect to the delegated host on 8448"
+            }
+            Step::Srv => {
+                "no .well-known delegation and _matrix-fed._tcp.<hostname> exists: connect to the SRV targets, Host and certificate name are the hostname"
+            }
+            Step::LegacySrv => {
+                "no .well-known, no _matrix-fed record, but the deprecated _matrix._tcp.<hostname> exists: connect to its targets, Host and certificate name are the hostname"
+            }
+            Step::Default => {
+                "no .well-known delegation and no SRV record: connect to the hostname on 8448"
+            }
         }
     }
 }

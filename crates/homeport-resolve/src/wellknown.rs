@@ -242,7 +242,11 @@ pub(crate) struct WellKnown {
 }
 
 impl WellKnown {
-    pub(crate) fn new(policy: WellKnownPolicy, tls: Arc<rustls::ClientConfig>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        policy: WellKnownPolicy,
+        tls: Arc<rustls::ClientConfig>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         WellKnown {
             cache: TtlCache::new(policy.max_entries),
             flight: SingleFlight::new(),
@@ -257,7 +261,12 @@ impl WellKnown {
     }
 
     /// The delegation for `host` (lower-cased), from the cache or a fetch.
-    pub(crate) async fn lookup(&self, host: &str, dns: &Dns, filter: &AddressFilter) -> Arc<WellKnownReport> {
+    pub(crate) async fn lookup(
+        &self,
+        host: &str,
+        dns: &Dns,
+        filter: &AddressFilter,
+    ) -> Arc<WellKnownReport> {
         let key: Box<str> = host.to_ascii_lowercase().into();
         let now = self.clock.now();
         let prev = match self.cache.get(&key, now) {
@@ -274,7 +283,9 @@ impl WellKnown {
             Cached::Miss => None,
         };
         self.flight
-            .run(key.clone(), || self.fetch_and_store(key.clone(), prev, dns, filter))
+            .run(key.clone(), || {
+                self.fetch_and_store(key.clone(), prev, dns, filter)
+            })
             .await
     }
 
@@ -290,10 +301,19 @@ impl WellKnown {
             .as_ref()
             .and_then(|p| p.last_valid.as_ref())
             .is_some_and(|(_, until)| now < *until);
-        let attempts = if had_valid { self.policy.retry_attempts.max(1) } else { 1 };
+        let attempts = if had_valid {
+            self.policy.retry_attempts.max(1)
+        } else {
+            1
+        };
         let mut report = fetch(&key, dns, filter, &self.tls, &self.policy, &*self.clock).await;
         let mut made = 1;
-        while made < attempts && report.result.as_ref().is_err_and(WellKnownFailure::retryable) {
+        while made < attempts
+            && report
+                .result
+                .as_ref()
+                .is_err_and(WellKnownFailure::retryable)
+        {
             tokio::time::sleep(self.policy.retry_delay).await;
             report = fetch(&key, dns, filter, &self.tls, &self.policy, &*self.clock).await;
             made += 1;
@@ -312,8 +332,12 @@ impl WellKnown {
                     consecutive_failures: 0,
                     last_valid: Some((report.clone(), now + ttl + self.policy.remember_valid)),
                 };
-                self.cache
-                    .insert(key, entry, now + ttl, now + ttl + self.policy.stale_for.max(self.policy.remember_valid));
+                self.cache.insert(
+                    key,
+                    entry,
+                    now + ttl,
+                    now + ttl + self.policy.stale_for.max(self.policy.remember_valid),
+                );
                 report
             }
             Err(e) => {
@@ -321,10 +345,11 @@ impl WellKnown {
                 // A previous valid result survives a temporary failure.
                 let last_valid = prev.as_ref().and_then(|p| p.last_valid.clone());
                 if e.is_temporary() {
-                    if let Some((valid, _)) = last_valid
-                        .as_ref()
-                        .filter(|(v, _)| prev.as_ref().is_some_and(|p| now < p.fetched + p.ttl + self.policy.stale_for) && v.result.is_ok())
-                    {
+                    if let Some((valid, _)) = last_valid.as_ref().filter(|(v, _)| {
+                        prev.as_ref()
+                            .is_some_and(|p| now < p.fetched + p.ttl + self.policy.stale_for)
+                            && v.result.is_ok()
+                    }) {
                         let mut served = (**valid).clone();
                         served.from_cache = true;
                         served.stale_because = Some(e.clone());
@@ -333,7 +358,11 @@ impl WellKnown {
                     }
                 }
                 let failures = prev.as_ref().map_or(0, |p| {
-                    if p.report.result.is_err() { p.consecutive_failures } else { 0 }
+                    if p.report.result.is_err() {
+                        p.consecutive_failures
+                    } else {
+                        0
+                    }
                 }) + 1;
                 let ttl = if had_valid {
                     self.jittered(self.policy.failure_ttl_had_valid)
@@ -346,7 +375,13 @@ impl WellKnown {
                 };
                 report.cache_seconds = ttl.as_secs();
                 let report = Arc::new(report);
-                let keep = last_valid.as_ref().map_or(now + ttl, |(_, until)| (*until).max(now + ttl));
+                // Kept past its TTL so that the next failure knows how many
+                // came before it (the back-off), and a valid result can
+                // still be served stale.
+                let keep_failure = now + ttl + self.policy.failure_ttl_max;
+                let keep = last_valid
+                    .as_ref()
+                    .map_or(keep_failure, |(_, until)| (*until).max(keep_failure));
                 let entry = Entry {
                     report: report.clone(),
                     fetched: now,
@@ -431,9 +466,9 @@ async fn fetch(
             report.peer = Some(hop.peer);
             let code = hop.status;
             if matches!(code, 301 | 302 | 303 | 307 | 308) {
-                let loc = hop
-                    .location
-                    .ok_or_else(|| WellKnownFailure::BadRedirect(format!("HTTP {code} without Location")))?;
+                let loc = hop.location.ok_or_else(|| {
+                    WellKnownFailure::BadRedirect(format!("HTTP {code} without Location"))
+                })?;
                 let next = url
                     .join(&loc)
                     .map_err(|e| WellKnownFailure::BadRedirect(format!("{loc:?}: {e}")))?;
@@ -487,18 +522,29 @@ async fn get_once(
         .ok_or_else(|| WellKnownFailure::BadRedirect(format!("{url} has no host")))?;
     let port = url.port_or_known_default().unwrap_or(443);
     let (tls_name, addrs, host_text): (TlsServerName<'static>, Vec<IpAddr>, String) = match host {
-        url::Host::Ipv4(a) => (TlsServerName::IpAddress(IpAddr::V4(a).into()), vec![IpAddr::V4(a)], a.to_string()),
-        url::Host::Ipv6(a) => (TlsServerName::IpAddress(IpAddr::V6(a).into()), vec![IpAddr::V6(a)], format!("[{a}]")),
+        url::Host::Ipv4(a) => (
+            TlsServerName::IpAddress(IpAddr::V4(a).into()),
+            vec![IpAddr::V4(a)],
+            a.to_string(),
+        ),
+        url::Host::Ipv6(a) => (
+            TlsServerName::IpAddress(IpAddr::V6(a).into()),
+            vec![IpAddr::V6(a)],
+            format!("[{a}]"),
+        ),
         url::Host::Domain(d) => {
-            let name = TlsServerName::try_from(d.to_owned())
-                .map_err(|e| WellKnownFailure::Tls(format!("{d:?} is not a valid TLS name: {e}")))?;
+            let name = TlsServerName::try_from(d.to_owned()).map_err(|e| {
+                WellKnownFailure::Tls(format!("{d:?} is not a valid TLS name: {e}"))
+            })?;
             let a = dns
                 .addrs(d)
                 .await
                 .map_err(|e| WellKnownFailure::Dns(e.to_string()))?;
             let all = a.value.all();
             if all.is_empty() {
-                return Err(WellKnownFailure::Dns(format!("{d} has no A or AAAA records")));
+                return Err(WellKnownFailure::Dns(format!(
+                    "{d} has no A or AAAA records"
+                )));
             }
             (name, all, d.to_owned())
         }
@@ -546,7 +592,11 @@ async fn get_once(
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let authority = if port == 443 { host_text.clone() } else { format!("{host_text}:{port}") };
+    let authority = if port == 443 {
+        host_text.clone()
+    } else {
+        format!("{host_text}:{port}")
+    };
     let path = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
@@ -563,7 +613,12 @@ async fn get_once(
         .map_err(|e| WellKnownFailure::Http(e.to_string()))?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let text = |n: http::HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = |n: http::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let location = text(http::header::LOCATION);
     let content_type = text(http::header::CONTENT_TYPE);
     let expires = headers

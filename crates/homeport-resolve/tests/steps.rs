@@ -20,27 +20,63 @@ fn step1_ipv4_literal_uses_8448_no_sni_and_no_lookups() {
     let w = World::new(Zone::new());
     let r = resolve(&w, "1.2.3.4");
     assert_eq!(r.step, Step::IpLiteral);
-    assert_eq!(dest(&r), (s("1.2.3.4"), s("1.2.3.4"), None, vec![(s("1.2.3.4"), 8448, vec![s("1.2.3.4")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("1.2.3.4"),
+            s("1.2.3.4"),
+            None,
+            vec![(s("1.2.3.4"), 8448, vec![s("1.2.3.4")])]
+        )
+    );
     assert!(r.well_known.is_none());
     assert!(r.srv.is_empty());
     assert!(w.dns.queries().is_empty(), "no DNS for an IP literal");
-    assert_eq!(w.https.request_count(), 0, "no .well-known for an IP literal");
+    assert_eq!(
+        w.https.request_count(),
+        0,
+        "no .well-known for an IP literal"
+    );
 }
 
 #[test]
 fn step1_ipv4_literal_with_port_keeps_port_in_host() {
     let w = World::new(Zone::new());
     let r = resolve(&w, "42.42.42.42:443");
-    assert_eq!(dest(&r), (s("42.42.42.42:443"), s("42.42.42.42"), None, vec![(s("42.42.42.42"), 443, vec![s("42.42.42.42")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("42.42.42.42:443"),
+            s("42.42.42.42"),
+            None,
+            vec![(s("42.42.42.42"), 443, vec![s("42.42.42.42")])]
+        )
+    );
 }
 
 #[test]
 fn step1_ipv6_literal_keeps_brackets_in_host_only() {
     let w = World::new(Zone::new());
     let r = resolve(&w, "[::1]");
-    assert_eq!(dest(&r), (s("[::1]"), s("::1"), None, vec![(s("::1"), 8448, vec![s("::1")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("[::1]"),
+            s("::1"),
+            None,
+            vec![(s("::1"), 8448, vec![s("::1")])]
+        )
+    );
     let r = resolve(&w, "[42:42::42]:80");
-    assert_eq!(dest(&r), (s("[42:42::42]:80"), s("42:42::42"), None, vec![(s("42:42::42"), 80, vec![s("42:42::42")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("[42:42::42]:80"),
+            s("42:42::42"),
+            None,
+            vec![(s("42:42::42"), 80, vec![s("42:42::42")])]
+        )
+    );
     assert!(w.dns.queries().is_empty());
 }
 
@@ -50,7 +86,13 @@ fn step2_explicit_port_is_kept_in_host_header_and_skips_well_known_and_srv() {
         Zone::new()
             .a("example.test", Ipv4Addr::new(127, 0, 0, 9))
             .aaaa("example.test", "2001:db8::9".parse().unwrap())
-            .srv("_matrix-fed._tcp.example.test", 1, 1, 9999, "fed.other.test"),
+            .srv(
+                "_matrix-fed._tcp.example.test",
+                1,
+                1,
+                9999,
+                "fed.other.test",
+            ),
     );
     w.delegate("example.test", "elsewhere.test");
     let r = resolve(&w, "example.test:4242");
@@ -61,11 +103,19 @@ fn step2_explicit_port_is_kept_in_host_header_and_skips_well_known_and_srv() {
             s("example.test:4242"),
             s("example.test"),
             Some(s("example.test")),
-            vec![(s("example.test"), 4242, vec![s("2001:db8::9"), s("127.0.0.9")])]
+            vec![(
+                s("example.test"),
+                4242,
+                vec![s("2001:db8::9"), s("127.0.0.9")]
+            )]
         )
     );
     assert_eq!(w.https.request_count(), 0);
-    assert_eq!(w.dns.query_count("_matrix-fed._tcp.example.test", RecordType::SRV), 0);
+    assert_eq!(
+        w.dns
+            .query_count("_matrix-fed._tcp.example.test", RecordType::SRV),
+        0
+    );
     assert!(r.well_known.is_none() && r.srv.is_empty());
 }
 
@@ -74,7 +124,14 @@ fn step2_name_case_is_kept_for_host_and_sni_but_lookups_are_lower_case() {
     let w = World::new(Zone::new().a("upper.example.test", Ipv4Addr::new(127, 0, 0, 9)));
     let r = resolve(&w, "Upper.Example.test:8448");
     let (host, tls, sni, _) = dest(&r);
-    assert_eq!((host.as_str(), tls.as_str(), sni.as_deref()), ("Upper.Example.test:8448", "Upper.Example.test", Some("Upper.Example.test")));
+    assert_eq!(
+        (host.as_str(), tls.as_str(), sni.as_deref()),
+        (
+            "Upper.Example.test:8448",
+            "Upper.Example.test",
+            Some("Upper.Example.test")
+        )
+    );
 }
 
 #[test]
@@ -83,13 +140,29 @@ fn step3_1_delegated_ip_literal() {
     w.delegate("example.test", "42.42.42.42");
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::DelegatedIp);
-    assert_eq!(dest(&r), (s("42.42.42.42"), s("42.42.42.42"), None, vec![(s("42.42.42.42"), 8448, vec![s("42.42.42.42")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("42.42.42.42"),
+            s("42.42.42.42"),
+            None,
+            vec![(s("42.42.42.42"), 8448, vec![s("42.42.42.42")])]
+        )
+    );
     assert!(r.srv.is_empty());
 
     let w = world_with(&["example.test"], |z| z);
     w.delegate("example.test", "[2001:db8::42]:443");
     let r = resolve(&w, "example.test");
-    assert_eq!(dest(&r), (s("[2001:db8::42]:443"), s("2001:db8::42"), None, vec![(s("2001:db8::42"), 443, vec![s("2001:db8::42")])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("[2001:db8::42]:443"),
+            s("2001:db8::42"),
+            None,
+            vec![(s("2001:db8::42"), 443, vec![s("2001:db8::42")])]
+        )
+    );
 }
 
 /// A world whose zone maps each of `hosts` to the world's own address.
@@ -107,7 +180,13 @@ fn world_with(hosts: &[&str], extra: impl FnOnce(Zone) -> Zone) -> World {
 fn step3_2_delegated_port_is_kept_in_host_header_and_skips_srv() {
     let w = world_with(&["example.test"], |z| {
         z.a("matrix.example.test", Ipv4Addr::new(127, 0, 0, 77))
-            .srv("_matrix-fed._tcp.matrix.example.test", 1, 1, 9999, "fed.other.test")
+            .srv(
+                "_matrix-fed._tcp.matrix.example.test",
+                1,
+                1,
+                9999,
+                "fed.other.test",
+            )
     });
     w.delegate("example.test", "matrix.example.test:4242");
     let r = resolve(&w, "example.test");
@@ -122,7 +201,11 @@ fn step3_2_delegated_port_is_kept_in_host_header_and_skips_srv() {
         )
     );
     assert!(r.srv.is_empty());
-    assert_eq!(w.dns.query_count("_matrix-fed._tcp.matrix.example.test", RecordType::SRV), 0);
+    assert_eq!(
+        w.dns
+            .query_count("_matrix-fed._tcp.matrix.example.test", RecordType::SRV),
+        0
+    );
     let wk = r.well_known.as_ref().unwrap();
     assert_eq!(wk.outcome(), WellKnownOutcome::Delegated);
 }
@@ -130,10 +213,22 @@ fn step3_2_delegated_port_is_kept_in_host_header_and_skips_srv() {
 #[test]
 fn step3_3_srv_port_never_reaches_host_header_and_srv_target_never_reaches_tls_name() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix-fed._tcp.matrix.example.test", 10, 5, 443, "fed.other.test")
-            .srv("_matrix._tcp.matrix.example.test", 10, 5, 1111, "legacy.other.test")
-            .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 5))
-            .aaaa("fed.other.test", "2001:db8::5".parse().unwrap())
+        z.srv(
+            "_matrix-fed._tcp.matrix.example.test",
+            10,
+            5,
+            443,
+            "fed.other.test",
+        )
+        .srv(
+            "_matrix._tcp.matrix.example.test",
+            10,
+            5,
+            1111,
+            "legacy.other.test",
+        )
+        .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 5))
+        .aaaa("fed.other.test", "2001:db8::5".parse().unwrap())
     });
     w.delegate("example.test", "matrix.example.test");
     let r = resolve(&w, "example.test");
@@ -144,34 +239,66 @@ fn step3_3_srv_port_never_reaches_host_header_and_srv_target_never_reaches_tls_n
             s("matrix.example.test"),
             s("matrix.example.test"),
             Some(s("matrix.example.test")),
-            vec![(s("fed.other.test"), 443, vec![s("2001:db8::5"), s("127.0.0.5")])]
+            vec![(
+                s("fed.other.test"),
+                443,
+                vec![s("2001:db8::5"), s("127.0.0.5")]
+            )]
         )
     );
     assert_eq!(srv_names(&r), ["_matrix-fed._tcp.matrix.example.test"]);
-    assert_eq!(w.dns.query_count("_matrix._tcp.matrix.example.test", RecordType::SRV), 0, "no legacy lookup when _matrix-fed has records");
+    assert_eq!(
+        w.dns
+            .query_count("_matrix._tcp.matrix.example.test", RecordType::SRV),
+        0,
+        "no legacy lookup when _matrix-fed has records"
+    );
     // No second .well-known lookup on the delegated name.
-    assert!(w.well_known_requests().iter().all(|r| r.host.as_deref().unwrap_or("").starts_with("example.test")));
+    assert!(
+        w.well_known_requests().iter().all(|r| r
+            .host
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("example.test"))
+    );
 }
 
 #[test]
 fn step3_4_legacy_srv_only_when_matrix_fed_has_no_records() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix._tcp.matrix.example.test", 10, 5, 8443, "fed.other.test")
-            .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 6))
+        z.srv(
+            "_matrix._tcp.matrix.example.test",
+            10,
+            5,
+            8443,
+            "fed.other.test",
+        )
+        .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 6))
     });
     w.delegate("example.test", "matrix.example.test");
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::DelegatedLegacySrv);
     assert_eq!(dest(&r).0, "matrix.example.test");
-    assert_eq!(dest(&r).3, vec![(s("fed.other.test"), 8443, vec![s("127.0.0.6")])]);
-    assert_eq!(srv_names(&r), ["_matrix-fed._tcp.matrix.example.test", "_matrix._tcp.matrix.example.test"]);
+    assert_eq!(
+        dest(&r).3,
+        vec![(s("fed.other.test"), 8443, vec![s("127.0.0.6")])]
+    );
+    assert_eq!(
+        srv_names(&r),
+        [
+            "_matrix-fed._tcp.matrix.example.test",
+            "_matrix._tcp.matrix.example.test"
+        ]
+    );
     assert_eq!(r.srv[0].outcome, SrvOutcome::Nxdomain);
     assert_eq!(r.srv[1].outcome, SrvOutcome::Found);
 }
 
 #[test]
 fn step3_5_delegated_host_on_8448_when_no_srv() {
-    let w = world_with(&["example.test"], |z| z.a("matrix.example.test", Ipv4Addr::new(127, 0, 0, 7)));
+    let w = world_with(&["example.test"], |z| {
+        z.a("matrix.example.test", Ipv4Addr::new(127, 0, 0, 7))
+    });
     w.delegate("example.test", "matrix.example.test");
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::DelegatedDefault);
@@ -190,16 +317,33 @@ fn step3_5_delegated_host_on_8448_when_no_srv() {
 #[test]
 fn step4_srv_after_failed_well_known_uses_hostname_for_host_and_tls() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix-fed._tcp.example.test", 10, 5, 8443, "fed.other.test")
-            .srv("_matrix._tcp.example.test", 10, 5, 1111, "legacy.other.test")
-            .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 8))
+        z.srv(
+            "_matrix-fed._tcp.example.test",
+            10,
+            5,
+            8443,
+            "fed.other.test",
+        )
+        .srv(
+            "_matrix._tcp.example.test",
+            10,
+            5,
+            1111,
+            "legacy.other.test",
+        )
+        .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 8))
     });
     // No .well-known route: 404.
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::Srv);
     assert_eq!(
         dest(&r),
-        (s("example.test"), s("example.test"), Some(s("example.test")), vec![(s("fed.other.test"), 8443, vec![s("127.0.0.8")])])
+        (
+            s("example.test"),
+            s("example.test"),
+            Some(s("example.test")),
+            vec![(s("fed.other.test"), 8443, vec![s("127.0.0.8")])]
+        )
     );
     let wk = r.well_known.as_ref().unwrap();
     assert_eq!(wk.outcome(), WellKnownOutcome::NotFound);
@@ -216,8 +360,14 @@ fn step5_legacy_srv_for_hostname() {
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::LegacySrv);
     assert_eq!(dest(&r).0, "example.test");
-    assert_eq!(dest(&r).3, vec![(s("fed.other.test"), 8444, vec![s("127.0.0.8")])]);
-    assert_eq!(srv_names(&r), ["_matrix-fed._tcp.example.test", "_matrix._tcp.example.test"]);
+    assert_eq!(
+        dest(&r).3,
+        vec![(s("fed.other.test"), 8444, vec![s("127.0.0.8")])]
+    );
+    assert_eq!(
+        srv_names(&r),
+        ["_matrix-fed._tcp.example.test", "_matrix._tcp.example.test"]
+    );
 }
 
 #[test]
@@ -225,28 +375,57 @@ fn step6_hostname_on_8448_when_nothing_else() {
     let w = world_with(&["example.test"], |z| z);
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::Default);
-    assert_eq!(dest(&r), (s("example.test"), s("example.test"), Some(s("example.test")), vec![(s("example.test"), 8448, vec![w.ip.to_string()])]));
+    assert_eq!(
+        dest(&r),
+        (
+            s("example.test"),
+            s("example.test"),
+            Some(s("example.test")),
+            vec![(s("example.test"), 8448, vec![w.ip.to_string()])]
+        )
+    );
 }
 
 #[test]
 fn srv_no_fallback_to_legacy_or_8448_when_matrix_fed_targets_have_no_address() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix-fed._tcp.example.test", 10, 5, 8443, "gone.other.test")
-            .srv("_matrix._tcp.example.test", 10, 5, 1111, "fed.other.test")
-            .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 8))
+        z.srv(
+            "_matrix-fed._tcp.example.test",
+            10,
+            5,
+            8443,
+            "gone.other.test",
+        )
+        .srv("_matrix._tcp.example.test", 10, 5, 1111, "fed.other.test")
+        .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 8))
     });
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::Srv);
-    assert!(matches!(r.outcome, Err(ResolveError::NoAddresses { .. })), "{:?}", r.outcome);
-    assert_eq!(w.dns.query_count("_matrix._tcp.example.test", RecordType::SRV), 0);
+    assert!(
+        matches!(r.outcome, Err(ResolveError::NoAddresses { .. })),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(
+        w.dns
+            .query_count("_matrix._tcp.example.test", RecordType::SRV),
+        0
+    );
 }
 
 #[test]
 fn srv_target_dot_means_unavailable_and_does_not_fall_back() {
-    let w = world_with(&["example.test"], |z| z.srv("_matrix-fed._tcp.example.test", 0, 0, 0, "."));
+    let w = world_with(&["example.test"], |z| {
+        z.srv("_matrix-fed._tcp.example.test", 0, 0, 0, ".")
+    });
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::Srv);
-    assert_eq!(r.outcome, Err(ResolveError::SrvUnavailable { name: s("_matrix-fed._tcp.example.test") }));
+    assert_eq!(
+        r.outcome,
+        Err(ResolveError::SrvUnavailable {
+            name: s("_matrix-fed._tcp.example.test")
+        })
+    );
     assert_eq!(r.srv[0].outcome, SrvOutcome::Unavailable);
     let j = r.to_json();
     assert_eq!(j["step"], "4");
@@ -257,27 +436,50 @@ fn srv_target_dot_means_unavailable_and_does_not_fall_back() {
 
 #[test]
 fn srv_servfail_is_an_error_not_a_silent_8448() {
-    let w = world_with(&["example.test"], |z| z.servfail("_matrix-fed._tcp.example.test"));
+    let w = world_with(&["example.test"], |z| {
+        z.servfail("_matrix-fed._tcp.example.test")
+    });
     let r = resolve(&w, "example.test");
     assert_eq!(r.step, Step::Srv);
-    assert!(matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("SERVFAIL")), "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("SERVFAIL")),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.srv[0].outcome, SrvOutcome::Error);
-    assert_eq!(w.dns.query_count("_matrix._tcp.example.test", RecordType::SRV), 0, "an error is not 'no records'");
+    assert_eq!(
+        w.dns
+            .query_count("_matrix._tcp.example.test", RecordType::SRV),
+        0,
+        "an error is not 'no records'"
+    );
 }
 
 #[test]
 fn srv_refused_is_an_error() {
-    let w = world_with(&["example.test"], |z| z.refused("_matrix-fed._tcp.example.test"));
+    let w = world_with(&["example.test"], |z| {
+        z.refused("_matrix-fed._tcp.example.test")
+    });
     let r = resolve(&w, "example.test");
-    assert!(matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("REFUSED")), "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("REFUSED")),
+        "{:?}",
+        r.outcome
+    );
 }
 
 #[test]
 fn srv_timeout_is_an_error_within_the_bound() {
-    let w = world_with(&["example.test"], |z| z.timeout("_matrix-fed._tcp.example.test"));
+    let w = world_with(&["example.test"], |z| {
+        z.timeout("_matrix-fed._tcp.example.test")
+    });
     let start = std::time::Instant::now();
     let r = resolve(&w, "example.test");
-    assert!(matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("timeout")), "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Err(ResolveError::Dns(e)) if e.to_string().contains("timeout")),
+        "{:?}",
+        r.outcome
+    );
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
 
@@ -301,13 +503,22 @@ fn srv_records_in_rfc2782_priority_order() {
 #[test]
 fn srv_target_cname_is_followed_and_recorded() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix-fed._tcp.example.test", 10, 0, 8443, "alias.other.test")
-            .cname("alias.other.test", "real.other.test")
-            .a("real.other.test", Ipv4Addr::new(127, 0, 0, 14))
+        z.srv(
+            "_matrix-fed._tcp.example.test",
+            10,
+            0,
+            8443,
+            "alias.other.test",
+        )
+        .cname("alias.other.test", "real.other.test")
+        .a("real.other.test", Ipv4Addr::new(127, 0, 0, 14))
     });
     let r = resolve(&w, "example.test");
     let d = r.destination().unwrap();
-    assert_eq!(d.targets[0].addrs, vec!["127.0.0.14".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        d.targets[0].addrs,
+        vec!["127.0.0.14".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(d.targets[0].cname.as_deref(), Some("real.other.test"));
     assert!(r.trace.iter().any(|t| t.message.contains("RFC 2782")));
 }
@@ -315,8 +526,14 @@ fn srv_target_cname_is_followed_and_recorded() {
 #[test]
 fn idna_names_pass_through_as_a_labels() {
     let w = world_with(&["xn--bcher-kva.test"], |z| {
-        z.srv("_matrix-fed._tcp.xn--bcher-kva.test", 10, 0, 8443, "xn--trget-3qa.test")
-            .a("xn--trget-3qa.test", Ipv4Addr::new(127, 0, 0, 15))
+        z.srv(
+            "_matrix-fed._tcp.xn--bcher-kva.test",
+            10,
+            0,
+            8443,
+            "xn--trget-3qa.test",
+        )
+        .a("xn--trget-3qa.test", Ipv4Addr::new(127, 0, 0, 15))
     });
     let r = resolve(&w, "xn--bcher-kva.test");
     assert_eq!(dest(&r).0, "xn--bcher-kva.test");
@@ -326,7 +543,9 @@ fn idna_names_pass_through_as_a_labels() {
 
 #[test]
 fn nxdomain_and_nodata_are_told_apart() {
-    let w = world_with(&["example.test"], |z| z.txt("_matrix-fed._tcp.example.test", "not an srv"));
+    let w = world_with(&["example.test"], |z| {
+        z.txt("_matrix-fed._tcp.example.test", "not an srv")
+    });
     let r = resolve(&w, "example.test");
     assert_eq!(r.srv[0].outcome, SrvOutcome::Nodata);
     assert_eq!(r.srv[1].outcome, SrvOutcome::Nxdomain);
@@ -337,7 +556,11 @@ fn no_address_for_hostname_fails_step6() {
     let w = World::new(Zone::new());
     let r = resolve(&w, "missing.test");
     assert_eq!(r.step, Step::Default);
-    assert!(matches!(r.outcome, Err(ResolveError::NoAddresses { .. })), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Err(ResolveError::NoAddresses { .. })),
+        "{:?}",
+        r.outcome
+    );
     let wk = r.well_known.as_ref().unwrap();
     assert_eq!(wk.outcome(), WellKnownOutcome::Error);
 }
@@ -345,14 +568,21 @@ fn no_address_for_hostname_fails_step6() {
 #[test]
 fn json_object_matches_the_contract() {
     let w = world_with(&["example.test"], |z| {
-        z.srv("_matrix-fed._tcp.matrix.example.test", 10, 5, 443, "fed.other.test")
-            .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 5))
-            .aaaa("fed.other.test", "2001:db8::5".parse().unwrap())
+        z.srv(
+            "_matrix-fed._tcp.matrix.example.test",
+            10,
+            5,
+            443,
+            "fed.other.test",
+        )
+        .a("fed.other.test", Ipv4Addr::new(127, 0, 0, 5))
+        .aaaa("fed.other.test", "2001:db8::5".parse().unwrap())
     });
     w.serve(
         "example.test",
         WK,
-        Scripted::json(serde_json::json!({"m.server": "matrix.example.test"})).header("Cache-Control", "max-age=3600"),
+        Scripted::json(serde_json::json!({"m.server": "matrix.example.test"}))
+            .header("Cache-Control", "max-age=3600"),
     );
     let r = resolve(&w, "example.test");
     let j = r.to_json();

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use homeport_core::ServerName;
 use homeport_resolve::{Clock, ManualClock, Resolution, Resolver, ResolverConfig, TrustConfig};
-use homeport_test_support::{DnsServer, Handler, HttpsServer, Recorded, Scripted, TestCa, Zone, next_loopback};
+use homeport_test_support::{
+    DnsServer, Handler, HttpsServer, Recorded, Scripted, TestCa, Zone, next_loopback,
+};
 
 pub const WK: &str = "/.well-known/matrix/server";
 
@@ -73,7 +75,15 @@ impl World {
         cfg.well_known.timeout = Duration::from_secs(3);
         cfg.well_known.retry_delay = Duration::from_millis(10);
         cfg.timeout = Duration::from_secs(10);
-        World { ip, ca, dns, https, clock, routes, cfg }
+        World {
+            ip,
+            ca,
+            dns,
+            https,
+            clock,
+            routes,
+            cfg,
+        }
     }
 
     /// Serve `response` at `path` for Host `host` (port ignored).
@@ -86,15 +96,27 @@ impl World {
 
     /// Serve `{"m.server": value}` as host's .well-known.
     pub fn delegate(&self, host: &str, m_server: &str) {
-        self.serve(host, WK, Scripted::json(serde_json::json!({ "m.server": m_server })));
+        self.serve(
+            host,
+            WK,
+            Scripted::json(serde_json::json!({ "m.server": m_server })),
+        );
     }
 
     pub fn resolver(&self) -> Resolver {
-        Resolver::with_clock(self.cfg.clone(), Arc::new(self.clock.clone()) as Arc<dyn Clock>).unwrap()
+        Resolver::with_clock(
+            self.cfg.clone(),
+            Arc::new(self.clock.clone()) as Arc<dyn Clock>,
+        )
+        .unwrap()
     }
 
     pub fn well_known_requests(&self) -> Vec<Recorded> {
-        self.https.requests().into_iter().filter(|r| r.path().starts_with("/.well-known")).collect()
+        self.https
+            .requests()
+            .into_iter()
+            .filter(|r| r.path().starts_with("/.well-known"))
+            .collect()
     }
 }
 
@@ -116,17 +138,33 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// (host_header, tls_name, sni, [(host, port, addrs)]) of a success.
-pub fn dest(r: &Resolution) -> (String, String, Option<String>, Vec<(String, u16, Vec<String>)>) {
-    let d = r
-        .destination()
-        .unwrap_or_else(|| panic!("expected a destination, got {:?}\ntrace: {:#?}", r.outcome, r.trace));
+pub fn dest(
+    r: &Resolution,
+) -> (
+    String,
+    String,
+    Option<String>,
+    Vec<(String, u16, Vec<String>)>,
+) {
+    let d = r.destination().unwrap_or_else(|| {
+        panic!(
+            "expected a destination, got {:?}\ntrace: {:#?}",
+            r.outcome, r.trace
+        )
+    });
     (
         d.host_header.clone(),
         d.tls_name_text(),
         d.sni().map(str::to_owned),
         d.targets
             .iter()
-            .map(|t| (t.host.clone(), t.port, t.addrs.iter().map(|a| a.to_string()).collect()))
+            .map(|t| {
+                (
+                    t.host.clone(),
+                    t.port,
+                    t.addrs.iter().map(|a| a.to_string()).collect(),
+                )
+            })
             .collect(),
     )
 }
