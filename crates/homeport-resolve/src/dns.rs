@@ -70,8 +70,13 @@ pub enum NoRecords {
 /// An SRV answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SrvAnswer {
-    /// Records (unordered, as received; at most `srv_max_records`).
-    Found(Vec<SrvRecord>),
+    /// Records: the `srv_max_records` of lowest priority, in priority order.
+    Found {
+        /// The records kept.
+        records: Vec<SrvRecord>,
+        /// How many the answer held.
+        received: usize,
+    },
     /// None.
     None(NoRecords),
 }
@@ -286,14 +291,12 @@ impl Dns {
                     match &r.data {
                         RData::SRV(s) if rtype == RecordType::SRV => {
                             ttl = ttl.min(r.ttl);
-                            if srv.len() < self.cfg.srv_max_records_raw() {
-                                srv.push(SrvRecord {
-                                    priority: s.priority,
-                                    weight: s.weight,
-                                    port: s.port,
-                                    target: trim_dot(&s.target.to_ascii()),
-                                });
-                            }
+                            srv.push(SrvRecord {
+                                priority: s.priority,
+                                weight: s.weight,
+                                port: s.port,
+                                target: trim_dot(&s.target.to_ascii()),
+                            });
                         }
                         RData::A(a) if rtype == RecordType::A => {
                             ttl = ttl.min(r.ttl);
@@ -315,7 +318,15 @@ impl Dns {
                     if srv.is_empty() {
                         Entry::None(NoRecords::NoData)
                     } else {
-                        Entry::Srv(Arc::new(SrvAnswer::Found(srv)))
+                        // An answer may hold thousands of records (a 64 KiB
+                        // TCP response): keep the lowest priorities only.
+                        let received = srv.len();
+                        srv.sort_by_key(|r| r.priority);
+                        srv.truncate(self.cfg.srv_max_records.max(1));
+                        Entry::Srv(Arc::new(SrvAnswer::Found {
+                            records: srv,
+                            received,
+                        }))
                     }
                 } else if ips.is_empty() {
                     Entry::None(NoRecords::NoData)
@@ -405,17 +416,6 @@ impl Dns {
             }
         }
         kind
-    }
-}
-
-impl DnsConfig {
-    /// Raw records retained while parsing; ordering later keeps
-    /// `srv_max_records` of them. Keeping a few times the final count lets
-    /// priority ordering see beyond the first records of a huge answer.
-    fn srv_max_records_raw(&self) -> usize {
-        self.srv_max_records
-            .saturating_mul(4)
-            .max(self.srv_max_records)
     }
 }
 

@@ -599,9 +599,8 @@ impl Resolver {
                 });
                 Ok(None)
             }
-            SrvAnswer::Found(records) => {
+            SrvAnswer::Found { records, received } => {
                 let max = self.inner.dns.config().srv_max_records;
-                let received = records.len();
                 let ordered = {
                     let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
                     srv::order(records, &mut *rng, max)
