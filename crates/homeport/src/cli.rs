@@ -59,7 +59,9 @@ pub enum Command {
     /// asked, what came back, which rule decided) and the result: the
     /// addresses to connect to, the Host header, the certificate name and
     /// the SNI. Exit status 0 resolved, 1 not resolvable, 2 invalid name.
-    #[command(after_help = "Examples:\n  homeport resolve matrix.org\n  homeport resolve example.org --json\n  homeport resolve example.test --dns 127.0.0.53:53 --ca-file test-ca.crt")]
+    #[command(
+        after_help = "Examples:\n  homeport resolve matrix.org\n  homeport resolve example.org --json\n  homeport resolve example.test --dns 127.0.0.53:53 --ca-file test-ca.crt"
+    )]
     Resolve {
         /// The server name (`example.org`, `example.org:8448`, `[::1]`).
         name: String,
