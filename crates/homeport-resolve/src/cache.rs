@@ -1,5 +1,5 @@
-//! A bounded cache with expiry, stale retention and shared in-flight
-//! lookups.
+//! A bounded cache with expiry, stale retention, and shared in-flight
+//! lookups ([`SingleFlight`], also used by the federation crate).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -120,19 +120,26 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 }
 
 /// Concurrent callers for one key share one computation.
-pub(crate) struct SingleFlight<K, V> {
+pub struct SingleFlight<K, V> {
     inflight: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
 }
 
+impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
-    pub(crate) fn new() -> Self {
+    /// Nothing in flight.
+    pub fn new() -> Self {
         SingleFlight {
             inflight: Mutex::new(HashMap::new()),
         }
     }
 
     /// Run `f` for `key`, or wait for the run already in flight.
-    pub(crate) async fn run<F, Fut>(&self, key: K, f: F) -> V
+    pub async fn run<F, Fut>(&self, key: K, f: F) -> V
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,

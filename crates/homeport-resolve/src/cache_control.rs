@@ -47,10 +47,10 @@ pub fn cache_period(cache_control: &[&str], expires: Option<&str>, now: SystemTi
     if directives.iter().any(|(k, _)| k == "no-store") {
         return CachePeriod::NoStore;
     }
-    if let Some((_, Some(v))) = directives.iter().find(|(k, _)| k == "max-age") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return CachePeriod::For(Duration::from_secs(secs));
-        }
+    if let Some((_, Some(v))) = directives.iter().find(|(k, _)| k == "max-age")
+        && let Ok(secs) = v.parse::<u64>()
+    {
+        return CachePeriod::For(Duration::from_secs(secs));
     }
     if let Some(exp) = expires {
         return match httpdate_parse(exp.trim()) {

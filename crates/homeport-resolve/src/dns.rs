@@ -409,10 +409,9 @@ impl Dns {
         for t in [RecordType::AAAA, RecordType::A] {
             if let Cached::Fresh(Entry::None(k)) | Cached::Stale(Entry::None(k)) =
                 self.cache.get(&key(t), now)
+                && (k == NoRecords::NoData || kind.is_none())
             {
-                if k == NoRecords::NoData || kind.is_none() {
-                    kind = Some(k);
-                }
+                kind = Some(k);
             }
         }
         kind

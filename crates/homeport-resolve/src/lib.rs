@@ -32,7 +32,7 @@ pub mod step;
 pub mod tls;
 pub mod wellknown;
 
-mod cache;
+pub mod cache;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dns::{DnsConfig, DnsFailure};

@@ -344,18 +344,18 @@ impl WellKnown {
                 let e = e.clone();
                 // A previous valid result survives a temporary failure.
                 let last_valid = prev.as_ref().and_then(|p| p.last_valid.clone());
-                if e.is_temporary() {
-                    if let Some((valid, _)) = last_valid.as_ref().filter(|(v, _)| {
+                if e.is_temporary()
+                    && let Some((valid, _)) = last_valid.as_ref().filter(|(v, _)| {
                         prev.as_ref()
                             .is_some_and(|p| now < p.fetched + p.ttl + self.policy.stale_for)
                             && v.result.is_ok()
-                    }) {
-                        let mut served = (**valid).clone();
-                        served.from_cache = true;
-                        served.stale_because = Some(e.clone());
-                        served.attempts = made;
-                        return Arc::new(served);
-                    }
+                    })
+                {
+                    let mut served = (**valid).clone();
+                    served.from_cache = true;
+                    served.stale_because = Some(e.clone());
+                    served.attempts = made;
+                    return Arc::new(served);
                 }
                 let failures = prev.as_ref().map_or(0, |p| {
                     if p.report.result.is_err() {
@@ -625,7 +625,7 @@ async fn get_once(
         .get_all(http::header::EXPIRES)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .last()
+        .next_back()
         .map(str::to_owned);
     let cache_control = headers
         .get_all(http::header::CACHE_CONTROL)
@@ -658,10 +658,9 @@ async fn read_capped(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len >= MAX_BODY as u64
     {
-        if len >= MAX_BODY as u64 {
-            return Err(WellKnownFailure::TooLarge(MAX_BODY));
-        }
+        return Err(WellKnownFailure::TooLarge(MAX_BODY));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {

@@ -137,15 +137,14 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// (host_header, tls_name, sni, [(host, port, addrs)]) of a success.
-pub fn dest(
-    r: &Resolution,
-) -> (
-    String,
-    String,
-    Option<String>,
-    Vec<(String, u16, Vec<String>)>,
-) {
+/// (host, port, addrs) of one target.
+pub type TargetParts = (String, u16, Vec<String>);
+
+/// (host_header, tls_name, sni, targets) of a success.
+pub type DestParts = (String, String, Option<String>, Vec<TargetParts>);
+
+/// The parts of a successful resolution, for one-line assertions.
+pub fn dest(r: &Resolution) -> DestParts {
     let d = r.destination().unwrap_or_else(|| {
         panic!(
             "expected a destination, got {:?}\ntrace: {:#?}",
