@@ -120,12 +120,27 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(parse_with_unit("10"), Err(DurationError::NoUnit("10".into())));
+        assert_eq!(
+            parse_with_unit("10"),
+            Err(DurationError::NoUnit("10".into()))
+        );
         assert_eq!(parse_with_unit(""), Err(DurationError::Empty));
-        assert_eq!(parse_with_unit("s"), Err(DurationError::NoNumber("s".into())));
-        assert!(matches!(parse_with_unit("10 parsecs"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_with_unit("99999999999999999999s"), Err(DurationError::Overflow(_))));
-        assert!(matches!(parse_with_unit("18446744073709551615y"), Err(DurationError::Overflow(_))));
+        assert_eq!(
+            parse_with_unit("s"),
+            Err(DurationError::NoNumber("s".into()))
+        );
+        assert!(matches!(
+            parse_with_unit("10 parsecs"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_with_unit("99999999999999999999s"),
+            Err(DurationError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_with_unit("18446744073709551615y"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod duration;
 pub mod keys;
 pub mod server_name;
 pub mod signing;
+pub mod time;
 pub mod well_known;
 pub mod xmatrix;
 

@@ -75,6 +75,67 @@ pub enum Command {
         net: NetOpts,
     },
 
+    /// Fetch a server's signing keys and check them.
+    ///
+    /// Fetches `/_matrix/key/v2/server` (discovering the server as
+    /// federating servers do) and checks that `server_name` matches, that at
+    /// least one self-signature by a key in the response's own `verify_keys`
+    /// verifies, and that `valid_until_ts` is in the future. Shows each key's
+    /// effective validity: min(valid_until_ts, fetch time + 7 days). With
+    /// --notary, asks that notary instead (`POST /_matrix/key/v2/query`) and
+    /// also checks the notary's signature, with the notary's own keys fetched
+    /// and checked directly first. Exit 0 when at least one key passes every
+    /// check, 1 otherwise, 2 for invalid input.
+    #[command(
+        after_help = "Examples:\n  homeport keys matrix.org\n  homeport keys example.org --notary matrix.org --json"
+    )]
+    Keys {
+        /// The server whose keys to fetch.
+        name: String,
+        /// Ask this notary (key server) instead of the server itself.
+        #[arg(long, value_name = "NOTARY")]
+        notary: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        net: NetOpts,
+    },
+
+    /// Send a signed federation request and print the response.
+    ///
+    /// Discovers NAME, connects with the right SNI and Host header, signs the
+    /// request with X-Matrix (origin ORIGIN, destination NAME, one header per
+    /// key in FILE) and prints status, headers and body. Exit 0 for a 2xx
+    /// response, 1 for any other response or a transport failure, 2 for bad
+    /// input.
+    #[command(
+        after_help = "Examples:\n  homeport request matrix.org /_matrix/federation/v1/version --signing-key my.signing.key --origin example.org\n  homeport request example.org /_matrix/federation/v1/query/profile?user_id=@a:example.org --signing-key k --origin me.example"
+    )]
+    Request {
+        /// The destination server name.
+        name: String,
+        /// Path and query, exactly as sent (`/_matrix/federation/v1/version`).
+        path: String,
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// JSON body.
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+        /// Synapse-format signing key file of the origin.
+        #[arg(long, value_name = "FILE")]
+        signing_key: PathBuf,
+        /// Our server name (X-Matrix origin).
+        #[arg(long, value_name = "NAME")]
+        origin: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        net: NetOpts,
+    },
+
     /// Generate an Ed25519 signing key in Synapse's file format.
     ///
     /// Writes one line, `ed25519 <version> <seed>`, to FILE (never

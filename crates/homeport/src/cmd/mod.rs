@@ -4,7 +4,9 @@
 mod input;
 mod json_tools;
 mod keygen;
+mod keys;
 mod net;
+mod request;
 mod resolve;
 
 use std::process::ExitCode;
@@ -14,6 +16,31 @@ use crate::error::CliResult;
 
 pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Keys {
+            name,
+            notary,
+            json,
+            net,
+        } => keys::run(&name, notary.as_deref(), json, &net),
+        Command::Request {
+            name,
+            path,
+            method,
+            data,
+            signing_key,
+            origin,
+            json,
+            net,
+        } => request::run(&request::Args {
+            name: &name,
+            path: &path,
+            method: &method,
+            data: data.as_deref(),
+            signing_key: &signing_key,
+            origin: &origin,
+            json,
+            net: &net,
+        }),
         Command::Resolve {
             name,
             json,

@@ -1,6 +1,7 @@
 //! Turning the network options into library configuration.
 
-use homeport_resolve::{ResolverConfig, TrustConfig};
+use homeport_federation::{ClientConfig, FederationClient, Signer, TlsPolicy};
+use homeport_resolve::{Resolver, ResolverConfig, TrustConfig};
 
 use crate::cli::NetOpts;
 use crate::error::{CliError, CliResult};
@@ -31,4 +32,23 @@ pub fn runtime() -> CliResult<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}"), None))
+}
+
+/// A federation client for `net` (system roots plus --ca-file, or only
+/// --ca-file with --no-system-roots), optionally signing.
+pub fn federation_client(net: &NetOpts, signer: Option<Signer>) -> CliResult<FederationClient> {
+    let cfg = resolver_config(net)?;
+    let roots = homeport_resolve::tls::root_store(&cfg.trust)
+        .map_err(|e| CliError::invalid(e, "--ca-file".to_owned()))?;
+    let resolver = Resolver::new(cfg).map_err(|e| CliError::invalid(e, None))?;
+    let mut client_cfg = ClientConfig::new(TlsPolicy::new(roots));
+    client_cfg.request_timeout = net.timeout;
+    client_cfg.connect.connect_timeout = net.timeout.min(client_cfg.connect.connect_timeout);
+    Ok(FederationClient::new(resolver, client_cfg, signer))
+}
+
+/// Parse a server-name argument.
+pub fn server_name(s: &str, at: &str) -> CliResult<homeport_core::ServerName> {
+    homeport_core::ServerName::parse(s)
+        .map_err(|e| CliError::invalid(format!("invalid server name {s:?}: {e}"), at.to_owned()))
 }
