@@ -1,0 +1,3 @@
+//! homeport-server: `homeport serve`.
+
+pub mod config;
