@@ -1,3 +1,11 @@
 //! homeport-server: `homeport serve`.
 
+pub mod certs;
 pub mod config;
+pub mod keyserver;
+pub mod listen;
+pub mod metrics;
+pub mod notary;
+pub mod proxy;
+pub mod routes;
+pub mod store;

@@ -1,0 +1,173 @@
+//! Prometheus metrics with the names DESIGN.md lists, rendered in the text
+//! exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters and gauges of one `serve` process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests by (resource, status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Certificate reloads by result.
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Notary requests by result.
+    notary_hit: AtomicU64,
+    notary_miss: AtomicU64,
+    notary_error: AtomicU64,
+    /// Seconds until each listener's certificate expires.
+    cert_expiry: Mutex<BTreeMap<String, i64>>,
+    /// Free-form gauges (monitoring: federation_ok, key_valid_seconds...).
+    gauges: Mutex<BTreeMap<(String, String), f64>>,
+}
+
+/// A notary outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotaryResult {
+    /// Served from the store.
+    Hit,
+    /// Fetched from the origin.
+    Miss,
+    /// Could not answer.
+    Error,
+}
+
+impl Metrics {
+    /// Count one request.
+    pub fn request(&self, route: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_owned(), status)).or_default() += 1;
+        }
+    }
+
+    /// Count one certificate reload.
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Certificate reloads so far (ok, failed).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Count one notary answer.
+    pub fn notary(&self, r: NotaryResult) {
+        match r {
+            NotaryResult::Hit => &self.notary_hit,
+            NotaryResult::Miss => &self.notary_miss,
+            NotaryResult::Error => &self.notary_error,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notary answers so far (hit, miss, error).
+    pub fn notary_counts(&self) -> (u64, u64, u64) {
+        (
+            self.notary_hit.load(Ordering::Relaxed),
+            self.notary_miss.load(Ordering::Relaxed),
+            self.notary_error.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Set a listener's certificate expiry.
+    pub fn cert_expiry(&self, listener: &str, seconds: i64) {
+        if let Ok(mut m) = self.cert_expiry.lock() {
+            m.insert(listener.to_owned(), seconds);
+        }
+    }
+
+    /// Set a labelled gauge (`name{server_name="label"}`).
+    pub fn gauge(&self, name: &str, label: &str, value: f64) {
+        if let Ok(mut m) = self.gauges.lock() {
+            m.insert((name.to_owned(), label.to_owned()), value);
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP homeport_http_requests_total HTTP requests answered, by route and status.\n# TYPE homeport_http_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "homeport_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    esc(route)
+                );
+            }
+        }
+        s.push_str("# HELP homeport_certificate_expiry_seconds Seconds until the served certificate expires.\n# TYPE homeport_certificate_expiry_seconds gauge\n");
+        if let Ok(m) = self.cert_expiry.lock() {
+            for (l, v) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "homeport_certificate_expiry_seconds{{listener=\"{}\"}} {v}",
+                    esc(l)
+                );
+            }
+        }
+        let (ok, failed) = self.reloads();
+        let _ = write!(
+            s,
+            "# HELP homeport_cert_reloads_total Certificate reloads, by result.\n# TYPE homeport_cert_reloads_total counter\nhomeport_cert_reloads_total{{result=\"ok\"}} {ok}\nhomeport_cert_reloads_total{{result=\"error\"}} {failed}\n"
+        );
+        let (h, mi, e) = self.notary_counts();
+        let _ = write!(
+            s,
+            "# HELP homeport_notary_requests_total Notary answers, by result.\n# TYPE homeport_notary_requests_total counter\nhomeport_notary_requests_total{{result=\"hit\"}} {h}\nhomeport_notary_requests_total{{result=\"miss\"}} {mi}\nhomeport_notary_requests_total{{result=\"error\"}} {e}\n"
+        );
+        if let Ok(m) = self.gauges.lock() {
+            let mut last = String::new();
+            for ((name, label), v) in m.iter() {
+                if *name != last {
+                    let _ = writeln!(s, "# TYPE {name} gauge");
+                    last = name.clone();
+                }
+                let _ = writeln!(s, "{name}{{server_name=\"{}\"}} {v}", esc(label));
+            }
+        }
+        s
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::default();
+        m.request("keys", 200);
+        m.request("keys", 200);
+        m.reload(true);
+        m.notary(NotaryResult::Hit);
+        m.cert_expiry("0.0.0.0:8448", 3600);
+        m.gauge("homeport_federation_ok", "example.org", 1.0);
+        let t = m.render();
+        assert!(
+            t.contains("homeport_http_requests_total{route=\"keys\",status=\"200\"} 2"),
+            "{t}"
+        );
+        assert!(t.contains("homeport_cert_reloads_total{result=\"ok\"} 1"));
+        assert!(t.contains("homeport_notary_requests_total{result=\"hit\"} 1"));
+        assert!(t.contains("homeport_certificate_expiry_seconds{listener=\"0.0.0.0:8448\"} 3600"));
+        assert!(t.contains("homeport_federation_ok{server_name=\"example.org\"} 1"));
+    }
+}
