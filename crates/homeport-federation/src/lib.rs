@@ -22,9 +22,11 @@
 //! ```
 
 pub mod auth;
+pub mod check;
 pub mod client;
 pub mod connect;
 pub mod keys;
+pub mod tester_compat;
 pub mod tls;
 
 pub use client::{ClientConfig, FederationClient, FederationError, Response, Signer};

@@ -26,6 +26,7 @@ pub mod cache_control;
 pub mod clock;
 pub mod dns;
 pub mod filter;
+mod lookup;
 pub mod resolver;
 pub mod srv;
 pub mod step;

@@ -222,12 +222,12 @@ impl Resolution {
     }
 }
 
-struct Shared {
-    dns: Dns,
-    well_known: WellKnown,
+pub(crate) struct Shared {
+    pub(crate) dns: Dns,
+    pub(crate) well_known: WellKnown,
     filter: AddressFilter,
     timeout: Duration,
-    default_port: u16,
+    pub(crate) default_port: u16,
     clock: Arc<dyn Clock>,
     results: TtlCache<Box<str>, Arc<Resolution>>,
     flight: SingleFlight<Box<str>, Arc<Resolution>>,
@@ -237,7 +237,7 @@ struct Shared {
 /// The resolver. Cheap to clone; clones share caches.
 #[derive(Clone)]
 pub struct Resolver {
-    inner: Arc<Shared>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Resolver {

@@ -260,6 +260,10 @@ impl WellKnown {
         &self.policy
     }
 
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
     /// The delegation for `host` (lower-cased), from the cache or a fetch.
     pub(crate) async fn lookup(
         &self,

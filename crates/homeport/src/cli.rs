@@ -34,6 +34,12 @@ pub struct NetOpts {
     /// Bound on the whole command (500ms, 10s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Lab only: fetch .well-known on this port instead of 443.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub well_known_port: Option<u16>,
+    /// Lab only: use this port instead of 8448 where the spec says 8448.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub default_port: Option<u16>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -47,6 +53,8 @@ pub enum Format {
     Human,
     /// The JSON contract.
     Json,
+    /// matrix-federation-tester's /api/report schema (check only).
+    FederationTester,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +79,43 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
+        #[command(flatten)]
+        net: NetOpts,
+    },
+
+    /// Test a server's federation: what every peer will do, and what to fix.
+    ///
+    /// Resolves the name as federating servers do (with the trace), then for
+    /// every address of every target, IPv4 and IPv6 separately: TCP connect,
+    /// TLS version, cipher and ALPN, the certificate chain as sent and
+    /// checked against the TLS name (and which name it is valid for when it
+    /// is not), the key server, the version endpoint, and the explicit-port
+    /// Host probe that catches reverse proxies rejecting `Host: name:port`.
+    /// Also fetches .well-known from every address of the name (split
+    /// brain), and /.well-known/matrix/client. Each finding says the rule
+    /// and the fix. Exit 0 when no finding is an error, 1 otherwise, 2 for
+    /// invalid input.
+    #[command(
+        after_help = "Examples:\n  homeport check example.org\n  homeport check example.org --json\n  homeport check example.org --format federation-tester\n  homeport check example.org --signing-key me.signing.key --origin me.example --notary matrix.org\n\nFinding ids are documented in docs/report.md."
+    )]
+    Check {
+        /// The server name.
+        name: String,
+        /// Print JSON (same as --format json).
+        #[arg(long)]
+        json: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Make an authenticated probe signed with this key file...
+        #[arg(long, value_name = "FILE", requires = "origin")]
+        signing_key: Option<PathBuf>,
+        /// ...as this server name.
+        #[arg(long, value_name = "NAME", requires = "signing_key")]
+        origin: Option<String>,
+        /// Cross-check the keys with this notary.
+        #[arg(long, value_name = "NAME")]
+        notary: Option<String>,
         #[command(flatten)]
         net: NetOpts,
     },

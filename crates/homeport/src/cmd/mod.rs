@@ -1,6 +1,7 @@
 //! One function per command: parse arguments into library types, call the
 //! library, print, map the outcome to an exit status.
 
+mod check;
 mod input;
 mod json_tools;
 mod keygen;
@@ -16,6 +17,26 @@ use crate::error::CliResult;
 
 pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Check {
+            name,
+            json,
+            format,
+            signing_key,
+            origin,
+            notary,
+            net,
+        } => check::run(&check::Args {
+            name: &name,
+            format: if json {
+                crate::cli::Format::Json
+            } else {
+                format
+            },
+            signing_key: signing_key.as_deref(),
+            origin: origin.as_deref(),
+            notary: notary.as_deref(),
+            net: &net,
+        }),
         Command::Keys {
             name,
             notary,
@@ -46,7 +67,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             json,
             format,
             net,
-        } => resolve::run(&name, json || format == crate::cli::Format::Json, &net),
+        } => resolve::run(&name, json || format != crate::cli::Format::Human, &net),
         Command::Keygen { version, output } => keygen::run(version, output),
         Command::CanonicalJson { strict, input } => json_tools::canonical(strict, input),
         Command::SignJson {

@@ -22,6 +22,12 @@ pub fn resolver_config(net: &NetOpts) -> CliResult<ResolverConfig> {
         ca_certs: Vec::new(),
     };
     cfg.timeout = net.timeout;
+    if let Some(p) = net.well_known_port {
+        cfg.well_known.port = p;
+    }
+    if let Some(p) = net.default_port {
+        cfg.default_port = p;
+    }
     cfg.well_known.timeout = net.timeout.min(cfg.well_known.timeout);
     Ok(cfg)
 }

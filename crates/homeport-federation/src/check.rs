@@ -1,0 +1,1330 @@
+//! The federation check: what every federating server will do when it tries
+//! to reach a server name, probed address by address (IPv4 and IPv6
+//! separately), and what to fix. One [`Report`] value; the binary renders
+//! it as text, JSON or the matrix-federation-tester schema.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use homeport_core::keys;
+use homeport_core::{Host, ServerName};
+use homeport_resolve::dns::SrvAnswer;
+use homeport_resolve::{Destination, Resolution, Step, WellKnownFailure};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::client::{FederationClient, Signer};
+use crate::connect::{self, ConnInfo};
+use crate::keys::{KeyFetcher, MemoryKeyStore, now_ms};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For information.
+    Info,
+    /// Works, but fragile or against a SHOULD.
+    Warning,
+    /// Federation fails (for some or all peers).
+    Error,
+}
+
+/// One problem, with the rule, the evidence and the fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable id (docs/report.md).
+    pub id: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// The rule (spec section, RFC).
+    pub rule: String,
+    /// What was sent and received.
+    pub evidence: String,
+    /// What to change.
+    pub fix: String,
+    /// Where the guide explains it.
+    pub doc: String,
+}
+
+/// One certificate of a chain, as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertSummary {
+    /// Subject (RFC 4514).
+    pub subject: String,
+    /// Subject common name.
+    pub subject_cn: Option<String>,
+    /// Issuer (RFC 4514).
+    pub issuer: String,
+    /// Issuer common name.
+    pub issuer_cn: Option<String>,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    pub ip_addresses: Vec<String>,
+    /// notAfter (unix seconds).
+    pub not_after: i64,
+    /// Days left (negative when expired).
+    pub days_left: i64,
+    /// SHA-256 of the DER, unpadded base64.
+    pub sha256: String,
+}
+
+/// The certificate as checked against the TLS name.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateReport {
+    /// The chain as sent, leaf first.
+    pub chain: Vec<CertSummary>,
+    /// The name it must be valid for.
+    pub tls_name: String,
+    /// Valid for it (against the trusted roots).
+    pub valid: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// When invalid for the TLS name: another name it is valid for (the SRV
+    /// target, typically).
+    pub valid_for: Option<String>,
+}
+
+/// The key server as seen on one address.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeysReport {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// `server_name` in the document.
+    pub server_name: Option<String>,
+    /// Each key id and its signature status.
+    pub verify_keys: Vec<(String, String)>,
+    /// `valid_until_ts`.
+    pub valid_until_ts: Option<u64>,
+    /// Every check passed.
+    pub ok: bool,
+    /// Failed checks.
+    pub problems: Vec<String>,
+    /// The body is in canonical form.
+    pub canonical: bool,
+    /// The raw document.
+    #[serde(skip)]
+    pub raw: Option<Value>,
+    /// An error before the document could be read.
+    pub error: Option<String>,
+}
+
+/// `/_matrix/federation/v1/version` on one address.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionReport {
+    /// `server.name`.
+    pub name: Option<String>,
+    /// `server.version`.
+    pub version: Option<String>,
+    /// Failure.
+    pub error: Option<String>,
+}
+
+/// The explicit-port Host probe on one address.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostProbe {
+    /// The Host the spec prescribes.
+    pub prescribed: String,
+    /// The other form tried.
+    pub alternative: String,
+    /// Status with the prescribed Host.
+    pub prescribed_status: Option<u16>,
+    /// Status with the alternative.
+    pub alternative_status: Option<u16>,
+    /// JSON with the prescribed Host.
+    pub prescribed_json: bool,
+    /// JSON with the alternative.
+    pub alternative_json: bool,
+    /// The answers differ.
+    pub differs: bool,
+}
+
+/// TLS facts of one connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsReport {
+    /// `TLSv1_3`.
+    pub version: Option<String>,
+    /// Cipher suite.
+    pub cipher: Option<String>,
+    /// ALPN.
+    pub alpn: Option<String>,
+    /// SNI sent.
+    pub sni: Option<String>,
+    /// Handshake time (ms).
+    pub handshake_ms: u64,
+}
+
+/// Everything about one address.
+#[derive(Clone, Debug, Serialize)]
+pub struct AddressReport {
+    /// `ip:port`.
+    pub addr: SocketAddr,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// The target (SRV target or host) it belongs to.
+    pub target: String,
+    /// TCP connect time (ms), when connected.
+    pub connect_ms: Option<u64>,
+    /// TLS, when the handshake completed.
+    pub tls: Option<TlsReport>,
+    /// The certificate.
+    pub certificate: Option<CertificateReport>,
+    /// The key server.
+    pub keys: Option<KeysReport>,
+    /// The version endpoint.
+    pub version: Option<VersionReport>,
+    /// The Host probe.
+    pub host_probe: Option<HostProbe>,
+    /// Connect or TLS failure.
+    pub error: Option<String>,
+}
+
+/// `.well-known/matrix/server` as one address of the server name serves it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WellKnownAddr {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Status.
+    pub status: Option<u16>,
+    /// m.server, when valid.
+    pub m_server: Option<String>,
+    /// Error.
+    pub error: Option<String>,
+}
+
+/// The check of one server name.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The name.
+    pub server_name: ServerName,
+    /// No error finding.
+    pub ok: bool,
+    /// Discovery.
+    pub resolution: Arc<Resolution>,
+    /// Per address.
+    pub addresses: Vec<AddressReport>,
+    /// .well-known per address of the server name.
+    pub well_known_by_addr: Vec<WellKnownAddr>,
+    /// Client .well-known summary.
+    pub client_well_known: Option<Value>,
+    /// Findings.
+    pub findings: Vec<Finding>,
+    /// Time taken.
+    pub duration: Duration,
+}
+
+/// Check settings.
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Make an authenticated probe with this identity.
+    pub signer: Option<Signer>,
+    /// Cross-check keys with this notary.
+    pub notary: Option<ServerName>,
+}
+
+fn doc(anchor: &str) -> String {
+    format!("docs/report.md#{anchor}")
+}
+
+fn finding(
+    id: &'static str,
+    severity: Severity,
+    rule: &str,
+    evidence: String,
+    fix: &str,
+) -> Finding {
+    Finding {
+        id,
+        severity,
+        rule: rule.to_owned(),
+        evidence,
+        fix: fix.to_owned(),
+        doc: doc(id),
+    }
+}
+
+const S_DISCOVERY: &str = "Server-Server API, Resolving server names";
+const S_TLS: &str = "Server-Server API, TLS (MSC1711): the certificate must be valid for the server name, or the delegated name";
+const S_KEYS: &str = "Server-Server API, Publishing Keys";
+
+/// Run the check.
+pub async fn check(client: &FederationClient, name: &ServerName, opts: &CheckOptions) -> Report {
+    let start = Instant::now();
+    let (resolution, _) = client.resolver().resolve_uncached(name).await;
+    let resolution = Arc::new(resolution);
+    let mut findings = Vec::new();
+    discovery_findings(client, &resolution, &mut findings).await;
+
+    let mut addresses = Vec::new();
+    if let Ok(dest) = &resolution.outcome {
+        let mut probes = Vec::new();
+        for t in &dest.targets {
+            for addr in t.socket_addrs() {
+                probes.push(probe_address(client, dest, name, t.host.clone(), addr));
+            }
+        }
+        addresses = futures_util::future::join_all(probes).await;
+        address_findings(dest, &addresses, &mut findings);
+    }
+    let (well_known_by_addr, client_well_known) = if name.is_ip_literal() || name.port().is_some() {
+        (Vec::new(), None)
+    } else {
+        let (mut f1, mut f2) = (Vec::new(), Vec::new());
+        let r = tokio::join!(
+            well_known_everywhere(client, name, &mut f1),
+            client_well_known(client, name, &mut f2)
+        );
+        findings.append(&mut f1);
+        findings.append(&mut f2);
+        r
+    };
+    if let Some(signer) = &opts.signer {
+        auth_probe(client, signer, name, &resolution, &mut findings).await;
+    }
+    if let Some(n) = &opts.notary {
+        notary_cross_check(client, n, name, &addresses, &mut findings).await;
+    }
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.dedup_by(|a, b| a.id == b.id && a.evidence == b.evidence);
+    let ok = !findings.iter().any(|f| f.severity == Severity::Error);
+    Report {
+        server_name: name.clone(),
+        ok,
+        resolution,
+        addresses,
+        well_known_by_addr,
+        client_well_known,
+        findings,
+        duration: start.elapsed(),
+    }
+}
+
+async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut Vec<Finding>) {
+    if let Some(wk) = &r.well_known {
+        match &wk.result {
+            Err(WellKnownFailure::RedirectLoop(url)) => out.push(finding(
+                "wellknown_redirect_loop",
+                Severity::Error,
+                "Server-Server API: 30x redirects should be followed, but redirection loops avoided",
+                format!("redirects {:?} came back to {url}", wk.redirects),
+                "Make /.well-known/matrix/server answer 200 with the JSON directly, or redirect once to a URL that does",
+            )),
+            Err(WellKnownFailure::TooManyRedirects(n)) => out.push(finding(
+                "wellknown_redirect_loop",
+                Severity::Error,
+                "Server-Server API: redirects are followed a bounded number of times",
+                format!("more than {n} redirects: {:?}", wk.redirects),
+                "Serve /.well-known/matrix/server without a redirect chain",
+            )),
+            Err(WellKnownFailure::TooLarge(_)) => out.push(finding(
+                "wellknown_too_large",
+                Severity::Error,
+                "Synapse rejects a .well-known body of 51200 bytes or more",
+                format!("{} answered a body of 51200 bytes or more", wk.url),
+                "Serve only {\"m.server\": \"host[:port]\"} (a few dozen bytes)",
+            )),
+            Err(WellKnownFailure::Invalid(e)) => out.push(finding(
+                "wellknown_invalid",
+                Severity::Error,
+                "Server-Server API: the body must be a JSON object with a string m.server that is a server name",
+                format!("{}: {e}", wk.url),
+                "Serve exactly {\"m.server\": \"matrix.example.org\"} (or host:port) with status 200",
+            )),
+            Err(WellKnownFailure::Status(s)) => out.push(finding(
+                "wellknown_not_found",
+                Severity::Info,
+                S_DISCOVERY,
+                format!("{} answered HTTP {s}: no delegation, so steps 4-6 apply", wk.url),
+                "Nothing to fix if the server name itself serves federation; otherwise publish /.well-known/matrix/server",
+            )),
+            Err(e) => out.push(finding(
+                "wellknown_error",
+                Severity::Warning,
+                S_DISCOVERY,
+                format!("{}: {e} (a temporary failure: peers fall back to steps 4-6, and retry later)", wk.url),
+                "Make https://<server name>/.well-known/matrix/server reachable with a valid certificate, or answer 404 quickly if you do not delegate",
+            )),
+            Ok(d) => {
+                if d.port().is_some() && !d.is_ip_literal() {
+                    out.push(finding(
+                        "wellknown_explicit_port",
+                        Severity::Info,
+                        S_DISCOVERY,
+                        format!("m.server is {d}: every federating server will send Host: {d}"),
+                        "Make sure the reverse proxy on that port accepts Host with the port (see the Host probe), or drop the port and use SRV or 8448",
+                    ));
+                }
+                if wk.cache_seconds < 3600 && !wk.from_cache {
+                    out.push(finding(
+                        "wellknown_cache_short",
+                        Severity::Info,
+                        "Server-Server API: responses should be cached, 24 hours by default",
+                        format!("the response asks to be cached for {}s", wk.cache_seconds),
+                        "Send Cache-Control: max-age=86400 unless you are about to change the delegation",
+                    ));
+                }
+                if let Some(ct) = &wk.content_type {
+                    if !ct.to_ascii_lowercase().starts_with("application/json") {
+                        out.push(finding(
+                            "wellknown_content_type",
+                            Severity::Warning,
+                            "Clients (and some servers) expect application/json",
+                            format!("Content-Type: {ct}"),
+                            "Serve /.well-known/matrix/server with Content-Type: application/json",
+                        ));
+                    }
+                }
+                // SRV records of the server name itself are ignored now.
+                let q = format!("_matrix-fed._tcp.{}", r.server_name.host_str().to_ascii_lowercase());
+                if let Ok(SrvAnswer::Found { .. }) = client.resolver().lookup_srv(&q).await {
+                    out.push(finding(
+                        "srv_ignored_due_to_wellknown",
+                        Severity::Info,
+                        "Server-Server API: SRV records are looked up only for the delegated name",
+                        format!("{q} exists, but .well-known delegates to {d}, so it is never used"),
+                        "Remove the record, or put the SRV record on the delegated name instead",
+                    ));
+                }
+            }
+        }
+    }
+    if matches!(r.step, Step::DelegatedLegacySrv | Step::LegacySrv) && r.outcome.is_ok() {
+        let legacy = r
+            .srv
+            .iter()
+            .find(|s| s.name.starts_with("_matrix._tcp."))
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        out.push(finding(
+            "srv_legacy_only",
+            Severity::Warning,
+            "Server-Server API v1.8: _matrix._tcp is deprecated in favour of _matrix-fed._tcp",
+            format!("{legacy} is used because _matrix-fed._tcp has no record"),
+            &format!(
+                "Add the same record as {}",
+                legacy.replacen("_matrix._tcp.", "_matrix-fed._tcp.", 1)
+            ),
+        ));
+    }
+    if let Ok(d) = &r.outcome {
+        for t in &d.targets {
+            if let Some(c) = &t.cname {
+                if matches!(
+                    r.step,
+                    Step::DelegatedSrv | Step::DelegatedLegacySrv | Step::Srv | Step::LegacySrv
+                ) {
+                    out.push(finding(
+                        "srv_target_cname",
+                        Severity::Warning,
+                        "RFC 2782: the target of an SRV record must not be an alias (CNAME)",
+                        format!("SRV target {} is a CNAME for {c}", t.host),
+                        &format!("Point the SRV record at {c} directly"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Err(e) = &r.outcome {
+        let (id, fix) = match e {
+            homeport_resolve::ResolveError::SrvUnavailable { .. } => (
+                "srv_unavailable",
+                "Remove the SRV record with target \".\" if the server should federate",
+            ),
+            homeport_resolve::ResolveError::Dns(_) => (
+                "dns_error",
+                "Fix the DNS server: SERVFAIL, REFUSED or timeouts make discovery fail (peers must not assume port 8448)",
+            ),
+            homeport_resolve::ResolveError::NoAddresses { .. } => (
+                "dns_no_address",
+                "Add A and/or AAAA records for the host federating servers connect to",
+            ),
+            _ => ("resolution_failed", "See the trace"),
+        };
+        out.push(finding(
+            id,
+            Severity::Error,
+            S_DISCOVERY,
+            format!("step {}: {e}", r.step),
+            fix,
+        ));
+    }
+}
+
+fn summarize(der: &[u8]) -> Option<CertSummary> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    let na = c.validity().not_after.timestamp();
+    let now = i64::try_from(now_ms() / 1000).unwrap_or(0);
+    let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        ip_addresses.push(std::net::Ipv4Addr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        ip_addresses.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let cn = |n: &x509_parser::x509::X509Name<'_>| {
+        n.iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned)
+    };
+    Some(CertSummary {
+        subject: c.subject().to_string(),
+        subject_cn: cn(c.subject()),
+        issuer: c.issuer().to_string(),
+        issuer_cn: cn(c.issuer()),
+        dns_names,
+        ip_addresses,
+        not_after: na,
+        days_left: (na - now).div_euclid(86_400),
+        sha256: homeport_core::base64::encode(sha2::Sha256::digest(der)),
+    })
+}
+
+/// Verify `chain` for `name` against the client's roots.
+fn chain_valid_for(
+    client: &FederationClient,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    name: &str,
+) -> bool {
+    let Ok(host) = ServerName::parse(name) else {
+        return false;
+    };
+    let Ok(sn) = crate::tls::tls_server_name(host.host()) else {
+        return false;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(v) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        client.config().tls.roots.clone(),
+        provider,
+    )
+    .build() else {
+        return false;
+    };
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    use rustls::client::danger::ServerCertVerifier as _;
+    v.verify_server_cert(leaf, rest, &sn, &[], rustls::pki_types::UnixTime::now())
+        .is_ok()
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+struct Exchange {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn exchange(
+    s: &mut Sender,
+    method: Method,
+    path: &str,
+    host: &str,
+    headers: &HeaderMap,
+    body: Option<Bytes>,
+) -> Result<Exchange, String> {
+    let mut b = match s {
+        Sender::H1(_) => http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, host),
+        Sender::H2(_) => http::Request::builder()
+            .method(method)
+            .uri(format!("https://{host}{path}"))
+            .version(http::Version::HTTP_2),
+    };
+    if let Some(h) = b.headers_mut() {
+        for (k, v) in headers {
+            h.append(k, v.clone());
+        }
+        h.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("homeport-check/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
+    let req = b
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = match s {
+            Sender::H1(x) => x.send_request(req).await,
+            Sender::H2(x) => x.send_request(req).await,
+        }
+        .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        while let Some(f) = body.frame().await {
+            let f = f.map_err(|e| e.to_string())?;
+            if let Ok(d) = f.into_data() {
+                if buf.len() + d.len() > 1024 * 1024 {
+                    return Err("response larger than 1 MiB".to_owned());
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        Ok(Exchange {
+            status,
+            headers,
+            body: buf.freeze(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(15), fut)
+        .await
+        .map_err(|_| "no answer within 15s".to_owned())?
+}
+
+async fn open(conn: connect::Connection) -> Result<(Sender, ConnInfo), String> {
+    let info = conn.info.clone();
+    let io = TokioIo::new(conn.stream);
+    let sender = if info.alpn.as_deref() == Some("h2") {
+        let (s, c) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = c.await;
+        });
+        Sender::H2(s)
+    } else {
+        let (s, c) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = c.await;
+        });
+        Sender::H1(s)
+    };
+    Ok((sender, info))
+}
+
+fn is_json(e: &Exchange) -> bool {
+    serde_json::from_slice::<Value>(&e.body).is_ok()
+}
+
+async fn probe_address(
+    client: &FederationClient,
+    dest: &Destination,
+    name: &ServerName,
+    target: String,
+    addr: SocketAddr,
+) -> AddressReport {
+    let mut rep = AddressReport {
+        addr,
+        family: if addr.is_ipv6() { "ipv6" } else { "ipv4" },
+        target: target.clone(),
+        connect_ms: None,
+        tls: None,
+        certificate: None,
+        keys: None,
+        version: None,
+        host_probe: None,
+        error: None,
+    };
+    let cfg = client.config();
+    let conn =
+        match connect::connect_addr(addr, &target, &dest.tls_name, &cfg.tls, false, &cfg.connect)
+            .await
+        {
+            Ok(c) => c,
+            Err(a) => {
+                rep.error = Some(format!("{}: {}", a.phase, a.error));
+                return rep;
+            }
+        };
+    let info = conn.info.clone();
+    rep.connect_ms = Some(u64::try_from(info.connect_time.as_millis()).unwrap_or(u64::MAX));
+    rep.tls = Some(TlsReport {
+        version: info.tls_version.clone(),
+        cipher: info.cipher.clone(),
+        alpn: info.alpn.clone(),
+        sni: info.sni.clone(),
+        handshake_ms: u64::try_from(info.handshake_time.as_millis()).unwrap_or(u64::MAX),
+    });
+    let chain = info.certificates.chain.clone();
+    let verdict = info.certificates.verdict.clone();
+    let tls_name = dest.tls_name_text();
+    let valid = verdict.as_ref().is_none_or(Result::is_ok);
+    let valid_for = if valid {
+        None
+    } else if target != tls_name && chain_valid_for(client, &chain, &target) {
+        Some(target.clone())
+    } else {
+        None
+    };
+    rep.certificate = Some(CertificateReport {
+        chain: chain.iter().filter_map(|c| summarize(c.as_ref())).collect(),
+        tls_name: tls_name.clone(),
+        valid,
+        error: verdict.and_then(Result::err),
+        valid_for,
+    });
+    let (mut sender, _) = match open(conn).await {
+        Ok(s) => s,
+        Err(e) => {
+            rep.error = Some(format!("http: {e}"));
+            return rep;
+        }
+    };
+    let host = dest.host_header.clone();
+    let none = HeaderMap::new();
+    // Keys.
+    rep.keys = Some(
+        match exchange(
+            &mut sender,
+            Method::GET,
+            "/_matrix/key/v2/server",
+            &host,
+            &none,
+            None,
+        )
+        .await
+        {
+            Err(e) => KeysReport {
+                status: 0,
+                content_type: None,
+                server_name: None,
+                verify_keys: Vec::new(),
+                valid_until_ts: None,
+                ok: false,
+                problems: Vec::new(),
+                canonical: false,
+                raw: None,
+                error: Some(e),
+            },
+            Ok(x) => keys_report(&x, name),
+        },
+    );
+    // Version.
+    rep.version = Some(
+        match exchange(
+            &mut sender,
+            Method::GET,
+            "/_matrix/federation/v1/version",
+            &host,
+            &none,
+            None,
+        )
+        .await
+        {
+            Err(e) => VersionReport {
+                name: None,
+                version: None,
+                error: Some(e),
+            },
+            Ok(x) if x.status == StatusCode::OK => {
+                let v: Value = serde_json::from_slice(&x.body).unwrap_or(Value::Null);
+                VersionReport {
+                    name: v["server"]["name"].as_str().map(str::to_owned),
+                    version: v["server"]["version"].as_str().map(str::to_owned),
+                    error: if v.is_null() {
+                        Some("the body is not JSON".into())
+                    } else {
+                        None
+                    },
+                }
+            }
+            Ok(x) => VersionReport {
+                name: None,
+                version: None,
+                error: Some(format!("HTTP {}", x.status.as_u16())),
+            },
+        },
+    );
+    // Host probe: the other form of the Host header.
+    let alternative = match host.rsplit_once(':') {
+        Some((h, p)) if !host.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            h.to_owned()
+        }
+        _ => format!("{host}:{}", addr.port()),
+    };
+    let prescribed = exchange(
+        &mut sender,
+        Method::GET,
+        "/_matrix/key/v2/server",
+        &host,
+        &none,
+        None,
+    )
+    .await
+    .ok();
+    let alt = exchange(
+        &mut sender,
+        Method::GET,
+        "/_matrix/key/v2/server",
+        &alternative,
+        &none,
+        None,
+    )
+    .await
+    .ok();
+    let ps = prescribed.as_ref().map(|x| x.status.as_u16());
+    let als = alt.as_ref().map(|x| x.status.as_u16());
+    let pj = prescribed.as_ref().is_some_and(is_json);
+    let aj = alt.as_ref().is_some_and(is_json);
+    rep.host_probe = Some(HostProbe {
+        prescribed: host,
+        alternative,
+        prescribed_status: ps,
+        alternative_status: als,
+        prescribed_json: pj,
+        alternative_json: aj,
+        differs: ps != als || pj != aj,
+    });
+    rep
+}
+
+fn keys_report(x: &Exchange, name: &ServerName) -> KeysReport {
+    let ct = x
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut k = KeysReport {
+        status: x.status.as_u16(),
+        content_type: ct,
+        server_name: None,
+        verify_keys: Vec::new(),
+        valid_until_ts: None,
+        ok: false,
+        problems: Vec::new(),
+        canonical: false,
+        raw: None,
+        error: None,
+    };
+    if x.status != StatusCode::OK {
+        k.error = Some(format!("HTTP {}", x.status.as_u16()));
+        return k;
+    }
+    let raw: Value = match serde_json::from_slice(&x.body) {
+        Ok(v) => v,
+        Err(e) => {
+            k.error = Some(format!("the body is not JSON: {e}"));
+            return k;
+        }
+    };
+    let r = keys::check_server_keys(&raw, name, now_ms());
+    k.server_name = r.server_name.clone();
+    k.valid_until_ts = r.valid_until_ts;
+    k.verify_keys = r
+        .verify_keys
+        .iter()
+        .map(|v| {
+            (
+                v.key_id.clone(),
+                format!("{:?}", v.signature).to_lowercase(),
+            )
+        })
+        .collect();
+    k.ok = r.ok();
+    k.problems = r.problems.iter().map(ToString::to_string).collect();
+    k.canonical = homeport_core::canonical_json::to_canonical_vec(
+        &raw,
+        homeport_core::canonical_json::Mode::Lenient,
+    )
+    .is_ok_and(|c| c == x.body.as_ref());
+    k.raw = Some(raw);
+    k
+}
+
+fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<Finding>) {
+    let now = now_ms();
+    let any_ok = addrs.iter().any(|a| a.error.is_none());
+    for a in addrs {
+        let at = format!("{} ({})", a.addr, a.target);
+        if let Some(e) = &a.error {
+            let v6_only_failure = a.family == "ipv6" && any_ok;
+            let (id, sev) = if e.starts_with("tls") {
+                ("tls_failed", Severity::Error)
+            } else if v6_only_failure {
+                ("ipv6_unreachable", Severity::Warning)
+            } else {
+                (
+                    "connect_failed",
+                    if any_ok {
+                        Severity::Warning
+                    } else {
+                        Severity::Error
+                    },
+                )
+            };
+            out.push(finding(
+                id,
+                sev,
+                S_DISCOVERY,
+                format!("{at}: {e}"),
+                "Make the address reachable on that port, or remove its DNS record",
+            ));
+            continue;
+        }
+        if let Some(c) = &a.certificate {
+            if !c.valid {
+                let err = c.error.clone().unwrap_or_default();
+                let leaf = c.chain.first();
+                let self_signed =
+                    leaf.is_some_and(|l| l.subject == l.issuer) && err.contains("unknown issuer");
+                let (id, fix) = if c.valid_for.is_some() {
+                    (
+                        "cert_valid_only_for_srv_target",
+                        format!(
+                            "Get a certificate for {} (the server name or the delegated name), not only for the SRV target {}: since MSC1711 (Synapse 1.0) peers check the name they looked up, never the SRV target",
+                            c.tls_name, a.target
+                        ),
+                    )
+                } else if err.contains("expired") {
+                    ("cert_expired", "Renew the certificate (homeport serve with acme: renews automatically) and reload".to_owned())
+                } else if self_signed {
+                    ("cert_self_signed", "Use a certificate from a public CA (e.g. Let's Encrypt); self-signed certificates are refused since Synapse 1.0".to_owned())
+                } else if err.contains("unknown issuer") && c.chain.len() == 1 {
+                    ("cert_chain_incomplete", "Serve the full chain (leaf followed by the intermediates), e.g. fullchain.pem rather than cert.pem".to_owned())
+                } else if err.contains("not valid for") {
+                    (
+                        "cert_name_mismatch",
+                        format!(
+                            "Get a certificate whose subjectAltName includes {}",
+                            c.tls_name
+                        ),
+                    )
+                } else {
+                    (
+                        "cert_untrusted",
+                        "Use a certificate from a CA that federating servers trust".to_owned(),
+                    )
+                };
+                out.push(finding(
+                    id,
+                    Severity::Error,
+                    S_TLS,
+                    format!(
+                        "{at}: {err}; chain as sent: {}",
+                        c.chain
+                            .iter()
+                            .map(|x| x.dns_names.join(","))
+                            .collect::<Vec<_>>()
+                            .join(" <- ")
+                    ),
+                    &fix,
+                ));
+            }
+        }
+        if let Some(k) = &a.keys {
+            if let Some(e) = &k.error {
+                out.push(finding("key_fetch_failed", Severity::Error, S_KEYS, format!("{at}: GET /_matrix/key/v2/server: {e}"), "Serve /_matrix/key/v2/server on the federation listener (the homeserver does; check the reverse proxy routes /_matrix/key/)"));
+            } else if k.raw.is_some() {
+                for p in &k.problems {
+                    let (id, fix) = if p.contains("fetched for") {
+                        (
+                            "key_server_name_mismatch",
+                            "The key server answers for another server: check server_name in the homeserver config and which backend the proxy routes to",
+                        )
+                    } else if p.contains("expired") {
+                        (
+                            "key_expired",
+                            "The homeserver must publish keys with valid_until_ts in the future; check its clock and key_refresh_interval",
+                        )
+                    } else if p.contains("signature") || p.contains("signed") {
+                        (
+                            "key_signature_invalid",
+                            "The document must be signed by one of its own verify_keys; something rewrote it, or the key file does not match",
+                        )
+                    } else {
+                        ("key_invalid", "Serve a valid key document")
+                    };
+                    if p.contains("cannot be checked") {
+                        continue;
+                    }
+                    out.push(finding(
+                        id,
+                        Severity::Error,
+                        S_KEYS,
+                        format!("{at}: {p}"),
+                        fix,
+                    ));
+                }
+                if let Some(v) = k.valid_until_ts {
+                    if v > now && v - now < keys::ONE_HOUR_MS {
+                        out.push(finding("key_expires_within_hour", Severity::Warning, S_KEYS, format!("{at}: valid_until_ts is in {} minutes", (v - now) / 60_000), "Publish keys valid for longer (Synapse: key_refresh_interval, default 1d)"));
+                    }
+                    if v > now + keys::SEVEN_DAYS_MS {
+                        out.push(finding("key_validity_over_7_days", Severity::Info, "Server-Server API: servers trust a fetched key for at most 7 days (room v5+)", format!("{at}: valid_until_ts is {} days ahead", (v - now) / 86_400_000), "Nothing breaks; peers clamp to 7 days. Lower key_refresh_interval to make that explicit"));
+                    }
+                }
+                if k.content_type
+                    .as_deref()
+                    .is_some_and(|c| !c.starts_with("application/json"))
+                {
+                    out.push(finding(
+                        "key_content_type",
+                        Severity::Warning,
+                        S_KEYS,
+                        format!("{at}: Content-Type {:?}", k.content_type),
+                        "Serve application/json",
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &a.version {
+            if let Some(e) = &v.error {
+                out.push(finding(
+                    "version_unreachable",
+                    Severity::Error,
+                    "Server-Server API, GET /_matrix/federation/v1/version",
+                    format!("{at}: {e}"),
+                    "Route /_matrix/federation/ to the homeserver",
+                ));
+            }
+        }
+        if let Some(h) = &a.host_probe {
+            let p_ok = h.prescribed_status == Some(200) && h.prescribed_json;
+            let a_ok = h.alternative_status == Some(200) && h.alternative_json;
+            if h.differs
+                && !p_ok
+                && a_ok
+                && h.prescribed.contains(':')
+                && !h.prescribed.ends_with(']')
+            {
+                out.push(finding(
+                    "host_port_rejected_by_proxy",
+                    Severity::Error,
+                    "Server-Server API: the Host header carries the port written in the server name or m.server",
+                    format!(
+                        "{at}: with Host: {} the answer is HTTP {:?}{}, with Host: {} it is HTTP {:?} JSON. Federating servers send the first form, so a reverse proxy whose virtual host only matches the bare name (an exact-match Host ACL) is rejecting them",
+                        h.prescribed, h.prescribed_status, if h.prescribed_json { " JSON" } else { " (not JSON)" }, h.alternative, h.alternative_status
+                    ),
+                    "Make the proxy match the host with any port: haproxy `acl matrix req.hdr(host),host_only -i NAME` (or hdr_dom(host)); nginx `server_name NAME;` matches already (it ignores the port); Caddy matches the site name with any port; Apache `ServerName NAME` plus `UseCanonicalName Off`. Or drop the port from m.server and use an SRV record or port 8448 (docs/delegation.md#a-port-in-mserver)",
+                ));
+            } else if h.differs && p_ok && !a_ok {
+                out.push(finding(
+                    "host_port_sensitive",
+                    Severity::Info,
+                    "Server-Server API: Host carries a port only when the name or m.server has one",
+                    format!("{at}: Host: {} works, Host: {} does not", h.prescribed, h.alternative),
+                    "Fine today; if you ever add a port to m.server, make the proxy accept Host with the port first",
+                ));
+            }
+        }
+    }
+    let _ = dest;
+}
+
+async fn well_known_everywhere(
+    client: &FederationClient,
+    name: &ServerName,
+    out: &mut Vec<Finding>,
+) -> Vec<WellKnownAddr> {
+    let host = name.host_str().to_ascii_lowercase();
+    let port = client.resolver().well_known_port();
+    let Ok(addrs) = client.resolver().lookup_addrs(&host).await else {
+        return Vec::new();
+    };
+    let all = addrs.all();
+    let mut res = Vec::new();
+    for ip in all {
+        res.push(one_well_known(
+            client,
+            name,
+            SocketAddr::new(ip, port),
+            "/.well-known/matrix/server",
+        ));
+    }
+    let got: Vec<WellKnownAddr> = futures_util::future::join_all(res)
+        .await
+        .into_iter()
+        .map(|(addr, r)| match r {
+            Ok((status, body, _)) => {
+                let m = if status == 200 {
+                    homeport_core::well_known::ServerWellKnown::parse(&body)
+                        .ok()
+                        .map(|w| w.server.to_string())
+                } else {
+                    None
+                };
+                WellKnownAddr {
+                    addr,
+                    status: Some(status),
+                    m_server: m,
+                    error: None,
+                }
+            }
+            Err(e) => WellKnownAddr {
+                addr,
+                status: None,
+                m_server: None,
+                error: Some(e),
+            },
+        })
+        .collect();
+    let answers: Vec<(Option<u16>, Option<String>)> =
+        got.iter().map(|w| (w.status, w.m_server.clone())).collect();
+    if answers.windows(2).any(|w| w[0] != w[1]) {
+        let ev = got
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} -> {}",
+                    w.addr,
+                    match (&w.m_server, w.status, &w.error) {
+                        (Some(m), _, _) => format!("m.server {m}"),
+                        (None, Some(s), _) => format!("HTTP {s}"),
+                        (None, None, Some(e)) => e.clone(),
+                        _ => "?".into(),
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push(finding(
+            "wellknown_split_brain",
+            Severity::Error,
+            "Every address of the server name must give the same .well-known answer: peers pick any of them",
+            ev,
+            "Serve the same /.well-known/matrix/server on every address (IPv4 and IPv6) of the server name, or remove the stale A/AAAA record",
+        ));
+    }
+    got
+}
+
+type WkResult = Result<(u16, Bytes, HeaderMap), String>;
+
+async fn one_well_known(
+    client: &FederationClient,
+    name: &ServerName,
+    addr: SocketAddr,
+    path: &str,
+) -> (SocketAddr, WkResult) {
+    let host = name.host_str().to_ascii_lowercase();
+    let tls_name = match homeport_core::DnsName::parse(&host) {
+        Ok(d) => Host::Dns(d),
+        Err(e) => return (addr, Err(e.to_string())),
+    };
+    let cfg = client.config();
+    let conn =
+        match connect::connect_addr(addr, &host, &tls_name, &cfg.tls, true, &cfg.connect).await {
+            Ok(c) => c,
+            Err(a) => return (addr, Err(format!("{}: {}", a.phase, a.error))),
+        };
+    let (mut s, _) = match open(conn).await {
+        Ok(s) => s,
+        Err(e) => return (addr, Err(e)),
+    };
+    let port = addr.port();
+    let hosthdr = if port == 443 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    match exchange(&mut s, Method::GET, path, &hosthdr, &HeaderMap::new(), None).await {
+        Ok(x) => (addr, Ok((x.status.as_u16(), x.body, x.headers))),
+        Err(e) => (addr, Err(e)),
+    }
+}
+
+async fn client_well_known(
+    client: &FederationClient,
+    name: &ServerName,
+    out: &mut Vec<Finding>,
+) -> Option<Value> {
+    let host = name.host_str().to_ascii_lowercase();
+    let port = client.resolver().well_known_port();
+    let addrs = client.resolver().lookup_addrs(&host).await.ok()?;
+    let ip: IpAddr = *addrs.all().first()?;
+    let (_, r) = one_well_known(
+        client,
+        name,
+        SocketAddr::new(ip, port),
+        "/.well-known/matrix/client",
+    )
+    .await;
+    let (status, body, headers) = r.ok()?;
+    if status != 200 {
+        return Some(json!({"status": status}));
+    }
+    let cors = headers
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match homeport_core::well_known::ClientWellKnown::parse(&body) {
+        Ok(c) => {
+            if cors.as_deref() != Some("*") {
+                out.push(finding(
+                    "client_wellknown_cors_missing",
+                    Severity::Warning,
+                    "Client-Server API, Server Discovery: .well-known/matrix/client needs CORS for web clients",
+                    format!("Access-Control-Allow-Origin: {}", cors.as_deref().unwrap_or("(absent)")),
+                    "Add Access-Control-Allow-Origin: * to /.well-known/matrix/client",
+                ));
+            }
+            Some(json!({"status": status, "m.homeserver": c.homeserver_base_url, "cors": cors}))
+        }
+        Err(e) => {
+            out.push(finding(
+                "client_wellknown_invalid",
+                Severity::Warning,
+                "Client-Server API, Server Discovery",
+                format!("/.well-known/matrix/client: {e}"),
+                "Serve {\"m.homeserver\": {\"base_url\": \"https://matrix.example.org\"}}",
+            ));
+            Some(json!({"status": status, "error": e.to_string()}))
+        }
+    }
+}
+
+async fn auth_probe(
+    client: &FederationClient,
+    signer: &Signer,
+    name: &ServerName,
+    r: &Resolution,
+    out: &mut Vec<Finding>,
+) {
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}&field=displayname",
+        crate::keys::percent_encode_path_segment(&format!("@homeport-probe:{}", name.as_str()))
+    );
+    let signed = FederationClient::new(
+        client.resolver().clone(),
+        client.config().clone(),
+        Some(signer.clone()),
+    );
+    match signed.request_resolved(r, Method::GET, &path, None).await {
+        Ok(resp) if resp.status == StatusCode::UNAUTHORIZED => out.push(finding(
+            "auth_rejected",
+            Severity::Error,
+            "Server-Server API, Request Authentication (X-Matrix)",
+            format!("a signed GET {path} from {} got HTTP 401: {}", signer.origin, String::from_utf8_lossy(&resp.body).chars().take(200).collect::<String>()),
+            "Something between peers and the homeserver changes the Authorization header, the request path or the Host; or the homeserver cannot fetch the origin's keys. Check the proxy passes Authorization and the path unchanged",
+        )),
+        Ok(_) => {}
+        Err(e) => out.push(finding("auth_probe_failed", Severity::Warning, "Server-Server API, Request Authentication", format!("the signed probe failed: {e}"), "See the address findings")),
+    }
+}
+
+async fn notary_cross_check(
+    client: &FederationClient,
+    notary: &ServerName,
+    name: &ServerName,
+    addrs: &[AddressReport],
+    out: &mut Vec<Finding>,
+) {
+    let fetcher = KeyFetcher::new(client.clone(), Arc::new(MemoryKeyStore::default()));
+    let nk = match fetcher.fetch_direct(notary).await {
+        Ok(n) => n,
+        Err(e) => {
+            out.push(finding(
+                "notary_unreachable",
+                Severity::Warning,
+                S_KEYS,
+                format!("notary {notary}: {e}"),
+                "Pick a reachable notary",
+            ));
+            return;
+        }
+    };
+    let keys: Vec<_> = nk.keys.iter().map(|k| (k.key_id.clone(), k.key)).collect();
+    let direct: Vec<String> = addrs
+        .iter()
+        .filter_map(|a| a.keys.as_ref())
+        .flat_map(|k| k.verify_keys.iter().map(|(id, _)| id.clone()))
+        .collect();
+    match fetcher
+        .query_notary(notary, &keys, &[(name.clone(), Vec::new())], now_ms())
+        .await
+    {
+        Ok(entries) => match entries.into_iter().next().map(|e| e.result) {
+            Some(Ok(f)) => {
+                let via: Vec<String> = f.keys.iter().map(|k| k.key_id.to_string()).collect();
+                if !direct.is_empty() && !via.iter().all(|v| direct.contains(v)) {
+                    out.push(finding("key_notary_mismatch", Severity::Warning, S_KEYS, format!("notary {notary} reports {via:?}, the server itself {direct:?}"), "If you rotated keys, keep the old one in old_verify_keys; notaries cache responses"));
+                }
+            }
+            Some(Err(e)) => out.push(finding(
+                "key_notary_failed",
+                Severity::Warning,
+                S_KEYS,
+                format!("notary {notary}: {e}"),
+                "The notary could not vouch for the keys; check it can reach the server",
+            )),
+            None => {}
+        },
+        Err(e) => out.push(finding(
+            "key_notary_failed",
+            Severity::Warning,
+            S_KEYS,
+            format!("notary {notary}: {e}"),
+            "Check the notary",
+        )),
+    }
+}
+
+impl Report {
+    /// The `homeport check --json` object.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "server_name": self.server_name.as_str(),
+            "ok": self.ok,
+            "resolution": self.resolution.to_json(),
+            "addresses": self.addresses,
+            "well_known_by_address": self.well_known_by_addr,
+            "client_well_known": self.client_well_known,
+            "findings": self.findings,
+            "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Findings of at least `min` severity.
+    pub fn findings_at_least(&self, min: Severity) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.severity >= min)
+    }
+
+    /// Whether a finding with `id` is present.
+    pub fn has(&self, id: &str) -> bool {
+        self.findings.iter().any(|f| f.id == id)
+    }
+
+    /// The verdict line.
+    pub fn verdict(&self) -> String {
+        let errors = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
+        let warnings = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count();
+        if self.ok {
+            format!("OK: {} federates ({warnings} warning(s))", self.server_name)
+        } else {
+            format!(
+                "BROKEN: {} does not federate correctly: {errors} error(s), {warnings} warning(s)",
+                self.server_name
+            )
+        }
+    }
+
+    /// The matrix-federation-tester `/api/report` rendering.
+    pub fn to_federation_tester(&self) -> Value {
+        crate::tester_compat::render(self)
+    }
+}
