@@ -231,6 +231,23 @@ pub struct CheckOptions {
     pub notary: Option<ServerName>,
 }
 
+/// Within one severity, root causes come before their consequences (a key
+/// fetch that fails because the proxy rejected the Host header).
+fn rank(id: &str) -> u8 {
+    match id {
+        "host_port_rejected_by_proxy"
+        | "wellknown_split_brain"
+        | "wellknown_redirect_loop"
+        | "wellknown_too_large"
+        | "wellknown_invalid" => 0,
+        id if id.starts_with("cert_") || id.starts_with("srv_") => 1,
+        id if id.starts_with("key_") && id != "key_fetch_failed" => 2,
+        "key_fetch_failed" | "version_unreachable" => 4,
+        "connect_failed" | "dns_no_address" | "dns_error" | "tls_failed" => 5,
+        _ => 3,
+    }
+}
+
 fn doc(anchor: &str) -> String {
     format!("docs/report.md#{anchor}")
 }
@@ -293,7 +310,11 @@ pub async fn check(client: &FederationClient, name: &ServerName, opts: &CheckOpt
     if let Some(n) = &opts.notary {
         notary_cross_check(client, n, name, &addresses, &mut findings).await;
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(rank(a.id).cmp(&rank(b.id)))
+    });
     findings.dedup_by(|a, b| a.id == b.id && a.evidence == b.evidence);
     let ok = !findings.iter().any(|f| f.severity == Severity::Error);
     Report {
@@ -345,6 +366,13 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                 S_DISCOVERY,
                 format!("{} answered HTTP {s}: no delegation, so steps 4-6 apply", wk.url),
                 "Nothing to fix if the server name itself serves federation; otherwise publish /.well-known/matrix/server",
+            )),
+            Err(e @ (WellKnownFailure::Dns(_) | WellKnownFailure::Connect(_))) => out.push(finding(
+                "wellknown_unreachable",
+                Severity::Info,
+                S_DISCOVERY,
+                format!("{}: {e}: no delegation, so steps 4-6 apply (peers count this as a temporary failure and retry later)", wk.url),
+                "Nothing to fix if the server name itself serves federation (SRV or port 8448); to delegate, serve /.well-known/matrix/server on port 443",
             )),
             Err(e) => out.push(finding(
                 "wellknown_error",

@@ -83,6 +83,35 @@ pub enum Command {
         net: NetOpts,
     },
 
+    /// Run the offline lab: every discovery step and every common mistake,
+    /// each served on 127.0.0.x and checked.
+    ///
+    /// Starts an in-process DNS server and homeport-served domains signed by
+    /// a throwaway CA: one per discovery step (1, 2, 3.1-3.5, 4, 5, 6) and
+    /// one per common mistake (a port in m.server behind a proxy that only
+    /// matches the bare name, a certificate for the SRV target, a
+    /// self-signed certificate, an expired key, keys for another server, a
+    /// .well-known redirect loop, an oversized .well-known, IPv4/IPv6 split
+    /// brain, only the deprecated _matrix._tcp record, an SRV record to a
+    /// CNAME). Runs `check` on each and prints scenario, what is wrong,
+    /// homeport's verdict and the first fix. Exit 0 only when every verdict
+    /// matches the scenario's known truth. No root needed: the lab serves
+    /// .well-known on port 18443 and uses 18448 where the spec says 8448.
+    #[command(
+        after_help = "Examples:\n  homeport lab\n  homeport lab --json\n  homeport lab --serve   # keep it running for other tools; prints dns=IP:PORT ca=PATH and the names"
+    )]
+    Lab {
+        /// Print `[{"scenario", "expected", "found", "ok"}]`.
+        #[arg(long)]
+        json: bool,
+        /// Keep the lab running until SIGTERM (prints dns=, ca= and the names).
+        #[arg(long)]
+        serve: bool,
+        /// Bound on each check.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+
     /// Test a server's federation: what every peer will do, and what to fix.
     ///
     /// Resolves the name as federating servers do (with the trace), then for

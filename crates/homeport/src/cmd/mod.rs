@@ -6,6 +6,7 @@ mod input;
 mod json_tools;
 mod keygen;
 mod keys;
+mod lab;
 mod net;
 mod request;
 mod resolve;
@@ -17,6 +18,11 @@ use crate::error::CliResult;
 
 pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Lab {
+            json,
+            serve,
+            timeout,
+        } => lab::run(json, serve, timeout),
         Command::Check {
             name,
             json,
