@@ -375,7 +375,7 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                 "Nothing to fix if the server name itself serves federation (SRV or port 8448); to delegate, serve /.well-known/matrix/server on port 443",
             )),
             Err(e) => out.push(finding(
-                "wellknown_error",
+                "wellknown_unreachable",
                 Severity::Warning,
                 S_DISCOVERY,
                 format!("{}: {e} (a temporary failure: peers fall back to steps 4-6, and retry later)", wk.url),
@@ -876,6 +876,10 @@ fn keys_report(x: &Exchange, name: &ServerName) -> KeysReport {
     k
 }
 
+fn status_text(s: Option<u16>) -> String {
+    s.map_or_else(|| "no answer".to_owned(), |x| format!("HTTP {x}"))
+}
+
 fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<Finding>) {
     let now = now_ms();
     let any_ok = addrs.iter().any(|a| a.error.is_none());
@@ -1037,15 +1041,19 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                     Severity::Error,
                     "Server-Server API: the Host header carries the port written in the server name or m.server",
                     format!(
-                        "{at}: with Host: {} the answer is HTTP {:?}{}, with Host: {} it is HTTP {:?} JSON. Federating servers send the first form, so a reverse proxy whose virtual host only matches the bare name (an exact-match Host ACL) is rejecting them",
-                        h.prescribed, h.prescribed_status, if h.prescribed_json { " JSON" } else { " (not JSON)" }, h.alternative, h.alternative_status
+                        "{at}: with Host: {} the answer is {}{}, with Host: {} it is {} JSON. Federating servers send the first form, so a reverse proxy whose virtual host only matches the bare name (an exact-match Host ACL) is rejecting them",
+                        h.prescribed,
+                        status_text(h.prescribed_status),
+                        if h.prescribed_json { " JSON" } else { " (not JSON)" },
+                        h.alternative,
+                        status_text(h.alternative_status)
                     ),
                     "Make the proxy match the host with any port: haproxy `acl matrix req.hdr(host),host_only -i NAME` (or hdr_dom(host)); nginx `server_name NAME;` matches already (it ignores the port); Caddy matches the site name with any port; Apache `ServerName NAME` plus `UseCanonicalName Off`. Or drop the port from m.server and use an SRV record or port 8448 (docs/delegation.md#a-port-in-mserver)",
                 ));
             } else if h.differs && p_ok && !a_ok {
                 out.push(finding(
-                    "host_port_sensitive",
-                    Severity::Info,
+                    "host_port_rejected_by_proxy",
+                    Severity::Warning,
                     "Server-Server API: Host carries a port only when the name or m.server has one",
                     format!("{at}: Host: {} works, Host: {} does not", h.prescribed, h.alternative),
                     "Fine today; if you ever add a port to m.server, make the proxy accept Host with the port first",
@@ -1355,4 +1363,155 @@ impl Report {
     pub fn to_federation_tester(&self) -> Value {
         crate::tester_compat::render(self)
     }
+}
+
+struct Paint(bool);
+
+impl Paint {
+    fn sev(&self, s: Severity) -> String {
+        let (code, word) = match s {
+            Severity::Error => ("31;1", "ERROR"),
+            Severity::Warning => ("33;1", "WARN "),
+            Severity::Info => ("36", "INFO "),
+        };
+        if self.0 {
+            format!("\x1b[{code}m{word}\x1b[0m")
+        } else {
+            word.to_owned()
+        }
+    }
+    fn bold(&self, t: &str) -> String {
+        if self.0 {
+            format!("\x1b[1m{t}\x1b[0m")
+        } else {
+            t.to_owned()
+        }
+    }
+}
+
+/// The human rendering (no colour unless `colour`).
+pub fn render_human(r: &Report, colour: bool) -> String {
+    let p = Paint(colour);
+    let mut s = r.resolution.render_human();
+    s.push('\n');
+    for a in &r.addresses {
+        s.push_str(&p.bold(&format!(
+            "Address {} ({}, target {})",
+            a.addr, a.family, a.target
+        )));
+        s.push('\n');
+        if let Some(e) = &a.error {
+            s.push_str(&format!("  failed: {e}\n"));
+            continue;
+        }
+        if let (Some(ms), Some(t)) = (a.connect_ms, &a.tls) {
+            s.push_str(&format!(
+                "  connect {ms} ms; TLS {} {} ALPN {} (SNI {}) in {} ms\n",
+                t.version.as_deref().unwrap_or("?"),
+                t.cipher.as_deref().unwrap_or("?"),
+                t.alpn.as_deref().unwrap_or("none"),
+                t.sni.as_deref().unwrap_or("none"),
+                t.handshake_ms
+            ));
+        }
+        if let Some(c) = &a.certificate {
+            for (i, x) in c.chain.iter().enumerate() {
+                s.push_str(&format!(
+                    "  cert[{i}] {} issued by {}; SANs {}; {} days left\n",
+                    x.subject_cn.as_deref().unwrap_or(&x.subject),
+                    x.issuer_cn.as_deref().unwrap_or(&x.issuer),
+                    x.dns_names
+                        .iter()
+                        .chain(x.ip_addresses.iter())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    x.days_left
+                ));
+            }
+            if c.valid {
+                s.push_str(&format!("  certificate valid for {}\n", c.tls_name));
+            } else {
+                s.push_str(&format!(
+                    "  certificate NOT valid for {}: {}\n",
+                    c.tls_name,
+                    c.error.as_deref().unwrap_or("?")
+                ));
+                if let Some(v) = &c.valid_for {
+                    s.push_str(&format!(
+                        "  (it is valid for {v}, the SRV target: peers never check that name)\n"
+                    ));
+                }
+            }
+        }
+        if let Some(k) = &a.keys {
+            match &k.error {
+                Some(e) => s.push_str(&format!("  keys: {e}\n")),
+                None => s.push_str(&format!(
+                    "  keys: server_name {}, {} key(s), {}\n",
+                    k.server_name.as_deref().unwrap_or("?"),
+                    k.verify_keys.len(),
+                    if k.ok {
+                        "all checks pass".to_owned()
+                    } else {
+                        k.problems.join("; ")
+                    }
+                )),
+            }
+        }
+        if let Some(v) = &a.version {
+            match &v.error {
+                Some(e) => s.push_str(&format!("  version: {e}\n")),
+                None => s.push_str(&format!(
+                    "  version: {} {}\n",
+                    v.name.as_deref().unwrap_or("?"),
+                    v.version.as_deref().unwrap_or("?")
+                )),
+            }
+        }
+        if let Some(h) = &a.host_probe {
+            s.push_str(&format!(
+                "  Host probe: {} -> {}, {} -> {}{}\n",
+                h.prescribed,
+                h.prescribed_status
+                    .map_or("no answer".to_owned(), |x| x.to_string()),
+                h.alternative,
+                h.alternative_status
+                    .map_or("no answer".to_owned(), |x| x.to_string()),
+                if h.differs {
+                    " (different answers)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    if !r.well_known_by_addr.is_empty() {
+        s.push_str(&p.bold(".well-known/matrix/server on every address of the name"));
+        s.push('\n');
+        for w in &r.well_known_by_addr {
+            let what = match (&w.m_server, w.status, &w.error) {
+                (Some(m), _, _) => format!("m.server {m}"),
+                (None, Some(st), _) => format!("HTTP {st}"),
+                (None, None, Some(e)) => e.clone(),
+                _ => "?".to_owned(),
+            };
+            s.push_str(&format!("  {} -> {what}\n", w.addr));
+        }
+    }
+    s.push('\n');
+    if r.findings.is_empty() {
+        s.push_str("No findings.\n");
+    }
+    for f in &r.findings {
+        s.push_str(&format!("{} {}: {}\n", p.sev(f.severity), f.id, f.evidence));
+        s.push_str(&format!(
+            "      rule: {}\n      fix:  {}\n      see:  {}\n",
+            f.rule, f.fix, f.doc
+        ));
+    }
+    s.push('\n');
+    s.push_str(&p.bold(&r.verdict()));
+    s.push('\n');
+    s
 }

@@ -945,3 +945,52 @@ impl Resolution {
         })
     }
 }
+
+impl Resolution {
+    /// The human rendering: the trace (what was asked, what came back,
+    /// which rule decided), then the result.
+    pub fn render_human(&self) -> String {
+        let r = self;
+        let mut s = format!("Resolving {}\n", r.server_name);
+        // The last trace line is the decision, which the result repeats.
+        let shown = match r.trace.last() {
+            Some(last) if last.phase == "decide" => &r.trace[..r.trace.len() - 1],
+            _ => &r.trace[..],
+        };
+        for ev in shown {
+            s.push_str(&format!("  {:<10} {}\n", ev.phase, ev.message));
+        }
+        match &r.outcome {
+            Ok(d) => {
+                s.push_str(&format!(
+                    "\nResolved by step {}: {}\n",
+                    r.step,
+                    r.step.rule()
+                ));
+                for (i, t) in d.targets.iter().enumerate() {
+                    let addrs: Vec<String> = t.socket_addrs().map(|a| a.to_string()).collect();
+                    s.push_str(&format!(
+                        "  target {}    {} port {} -> {}\n",
+                        i + 1,
+                        t.host,
+                        t.port,
+                        addrs.join(", ")
+                    ));
+                }
+                s.push_str(&format!("  Host header {}\n", d.host_header));
+                s.push_str(&format!(
+                    "  TLS name    {} (the certificate must be valid for it)\n",
+                    d.tls_name_text()
+                ));
+                s.push_str(&format!(
+                    "  SNI         {}\n",
+                    d.sni().unwrap_or("none (IP literal)")
+                ));
+            }
+            Err(e) => {
+                s.push_str(&format!("\nNot resolvable: step {} failed: {e}\n", r.step));
+            }
+        }
+        s
+    }
+}

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use homeport_core::ServerName;
-use homeport_resolve::{Resolution, Resolver};
+use homeport_resolve::Resolver;
 
 use super::net;
 use crate::cli::NetOpts;
@@ -29,7 +29,7 @@ pub fn run(name: &str, json: bool, opts: &NetOpts) -> CliResult<ExitCode> {
         s.push('\n');
         s
     } else {
-        human(&resolution)
+        resolution.render_human()
     };
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -39,47 +39,4 @@ pub fn run(name: &str, json: bool, opts: &NetOpts) -> CliResult<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// The human rendering: the trace, then the result.
-pub fn human(r: &Resolution) -> String {
-    let mut s = format!("Resolving {}\n", r.server_name);
-    for ev in &r.trace {
-        if ev.phase == "decide" && std::ptr::eq(ev, r.trace.last().unwrap_or(ev)) {
-            continue;
-        }
-        s.push_str(&format!("  {:<10} {}\n", ev.phase, ev.message));
-    }
-    match &r.outcome {
-        Ok(d) => {
-            s.push_str(&format!(
-                "\nResolved by step {}: {}\n",
-                r.step,
-                r.step.rule()
-            ));
-            for (i, t) in d.targets.iter().enumerate() {
-                let addrs: Vec<String> = t.socket_addrs().map(|a| a.to_string()).collect();
-                s.push_str(&format!(
-                    "  target {}    {} port {} -> {}\n",
-                    i + 1,
-                    t.host,
-                    t.port,
-                    addrs.join(", ")
-                ));
-            }
-            s.push_str(&format!("  Host header {}\n", d.host_header));
-            s.push_str(&format!(
-                "  TLS name    {} (the certificate must be valid for it)\n",
-                d.tls_name_text()
-            ));
-            s.push_str(&format!(
-                "  SNI         {}\n",
-                d.sni().unwrap_or("none (IP literal)")
-            ));
-        }
-        Err(e) => {
-            s.push_str(&format!("\nNot resolvable: step {} failed: {e}\n", r.step));
-        }
-    }
-    s
 }
