@@ -400,8 +400,8 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                         "Send Cache-Control: max-age=86400 unless you are about to change the delegation",
                     ));
                 }
-                if let Some(ct) = &wk.content_type {
-                    if !ct.to_ascii_lowercase().starts_with("application/json") {
+                if let Some(ct) = &wk.content_type
+                    && !ct.to_ascii_lowercase().starts_with("application/json") {
                         out.push(finding(
                             "wellknown_content_type",
                             Severity::Warning,
@@ -410,7 +410,6 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                             "Serve /.well-known/matrix/server with Content-Type: application/json",
                         ));
                     }
-                }
                 // SRV records of the server name itself are ignored now.
                 let q = format!("_matrix-fed._tcp.{}", r.server_name.host_str().to_ascii_lowercase());
                 if let Ok(SrvAnswer::Found { .. }) = client.resolver().lookup_srv(&q).await {
@@ -445,19 +444,19 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
     }
     if let Ok(d) = &r.outcome {
         for t in &d.targets {
-            if let Some(c) = &t.cname {
-                if matches!(
+            if let Some(c) = &t.cname
+                && matches!(
                     r.step,
                     Step::DelegatedSrv | Step::DelegatedLegacySrv | Step::Srv | Step::LegacySrv
-                ) {
-                    out.push(finding(
-                        "srv_target_cname",
-                        Severity::Warning,
-                        "RFC 2782: the target of an SRV record must not be an alias (CNAME)",
-                        format!("SRV target {} is a CNAME for {c}", t.host),
-                        &format!("Point the SRV record at {c} directly"),
-                    ));
-                }
+                )
+            {
+                out.push(finding(
+                    "srv_target_cname",
+                    Severity::Warning,
+                    "RFC 2782: the target of an SRV record must not be an alias (CNAME)",
+                    format!("SRV target {} is a CNAME for {c}", t.host),
+                    &format!("Point the SRV record at {c} directly"),
+                ));
             }
         }
     }
@@ -910,55 +909,55 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
             ));
             continue;
         }
-        if let Some(c) = &a.certificate {
-            if !c.valid {
-                let err = c.error.clone().unwrap_or_default();
-                let leaf = c.chain.first();
-                let self_signed =
-                    leaf.is_some_and(|l| l.subject == l.issuer) && err.contains("unknown issuer");
-                let (id, fix) = if c.valid_for.is_some() {
-                    (
-                        "cert_valid_only_for_srv_target",
-                        format!(
-                            "Get a certificate for {} (the server name or the delegated name), not only for the SRV target {}: since MSC1711 (Synapse 1.0) peers check the name they looked up, never the SRV target",
-                            c.tls_name, a.target
-                        ),
-                    )
-                } else if err.contains("expired") {
-                    ("cert_expired", "Renew the certificate (homeport serve with acme: renews automatically) and reload".to_owned())
-                } else if self_signed {
-                    ("cert_self_signed", "Use a certificate from a public CA (e.g. Let's Encrypt); self-signed certificates are refused since Synapse 1.0".to_owned())
-                } else if err.contains("unknown issuer") && c.chain.len() == 1 {
-                    ("cert_chain_incomplete", "Serve the full chain (leaf followed by the intermediates), e.g. fullchain.pem rather than cert.pem".to_owned())
-                } else if err.contains("not valid for") {
-                    (
-                        "cert_name_mismatch",
-                        format!(
-                            "Get a certificate whose subjectAltName includes {}",
-                            c.tls_name
-                        ),
-                    )
-                } else {
-                    (
-                        "cert_untrusted",
-                        "Use a certificate from a CA that federating servers trust".to_owned(),
-                    )
-                };
-                out.push(finding(
-                    id,
-                    Severity::Error,
-                    S_TLS,
+        if let Some(c) = &a.certificate
+            && !c.valid
+        {
+            let err = c.error.clone().unwrap_or_default();
+            let leaf = c.chain.first();
+            let self_signed =
+                leaf.is_some_and(|l| l.subject == l.issuer) && err.contains("unknown issuer");
+            let (id, fix) = if c.valid_for.is_some() {
+                (
+                    "cert_valid_only_for_srv_target",
                     format!(
-                        "{at}: {err}; chain as sent: {}",
-                        c.chain
-                            .iter()
-                            .map(|x| x.dns_names.join(","))
-                            .collect::<Vec<_>>()
-                            .join(" <- ")
+                        "Get a certificate for {} (the server name or the delegated name), not only for the SRV target {}: since MSC1711 (Synapse 1.0) peers check the name they looked up, never the SRV target",
+                        c.tls_name, a.target
                     ),
-                    &fix,
-                ));
-            }
+                )
+            } else if err.contains("expired") {
+                ("cert_expired", "Renew the certificate (homeport serve with acme: renews automatically) and reload".to_owned())
+            } else if self_signed {
+                ("cert_self_signed", "Use a certificate from a public CA (e.g. Let's Encrypt); self-signed certificates are refused since Synapse 1.0".to_owned())
+            } else if err.contains("unknown issuer") && c.chain.len() == 1 {
+                ("cert_chain_incomplete", "Serve the full chain (leaf followed by the intermediates), e.g. fullchain.pem rather than cert.pem".to_owned())
+            } else if err.contains("not valid for") {
+                (
+                    "cert_name_mismatch",
+                    format!(
+                        "Get a certificate whose subjectAltName includes {}",
+                        c.tls_name
+                    ),
+                )
+            } else {
+                (
+                    "cert_untrusted",
+                    "Use a certificate from a CA that federating servers trust".to_owned(),
+                )
+            };
+            out.push(finding(
+                id,
+                Severity::Error,
+                S_TLS,
+                format!(
+                    "{at}: {err}; chain as sent: {}",
+                    c.chain
+                        .iter()
+                        .map(|x| x.dns_names.join(","))
+                        .collect::<Vec<_>>()
+                        .join(" <- ")
+                ),
+                &fix,
+            ));
         }
         if let Some(k) = &a.keys {
             if let Some(e) = &k.error {
@@ -1016,16 +1015,16 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                 }
             }
         }
-        if let Some(v) = &a.version {
-            if let Some(e) = &v.error {
-                out.push(finding(
-                    "version_unreachable",
-                    Severity::Error,
-                    "Server-Server API, GET /_matrix/federation/v1/version",
-                    format!("{at}: {e}"),
-                    "Route /_matrix/federation/ to the homeserver",
-                ));
-            }
+        if let Some(v) = &a.version
+            && let Some(e) = &v.error
+        {
+            out.push(finding(
+                "version_unreachable",
+                Severity::Error,
+                "Server-Server API, GET /_matrix/federation/v1/version",
+                format!("{at}: {e}"),
+                "Route /_matrix/federation/ to the homeserver",
+            ));
         }
         if let Some(h) = &a.host_probe {
             let p_ok = h.prescribed_status == Some(200) && h.prescribed_json;

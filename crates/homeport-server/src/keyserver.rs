@@ -101,12 +101,12 @@ impl KeyServer {
             sha2::Sha256::digest(d).into()
         });
         let refresh_ms = u64::try_from(self.refresh.as_millis()).unwrap_or(u64::MAX);
-        if let Ok(c) = self.cache.read() {
-            if let Some(c) = c.as_ref() {
-                let fresh = now < c.built_at.saturating_add(refresh_ms / 4) && now < c.valid_until;
-                if fresh && c.fingerprint == fp {
-                    return Ok((c.doc.clone(), c.canonical.clone()));
-                }
+        if let Ok(c) = self.cache.read()
+            && let Some(c) = c.as_ref()
+        {
+            let fresh = now < c.built_at.saturating_add(refresh_ms / 4) && now < c.valid_until;
+            if fresh && c.fingerprint == fp {
+                return Ok((c.doc.clone(), c.canonical.clone()));
             }
         }
         let keys = self.keys();

@@ -83,6 +83,52 @@ pub enum Command {
         net: NetOpts,
     },
 
+    /// Run the federation front: TLS with live reload, .well-known
+    /// delegation, the key server, the notary and the proxy to the
+    /// homeserver.
+    ///
+    /// Reads FILE (default ./homeport.yaml; see docs/configuration.md).
+    /// SIGHUP reloads the certificate and the signing key file (a bad file
+    /// keeps the current one and logs why); the certificate is also reloaded
+    /// when its files change. SIGTERM drains in-flight requests and exits 0.
+    /// With --check-config, validates the configuration, prints `config OK`
+    /// (warnings on stderr) and exits; a bad config exits 2 with the file,
+    /// line and key.
+    #[command(
+        after_help = "Examples:\n  homeport init --server-name example.org && homeport serve --check-config\n  homeport serve --config /etc/homeport/homeport.yaml\n  kill -HUP $(pidof homeport)   # reload certificates and keys"
+    )]
+    Serve {
+        /// The configuration file.
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            default_value = "homeport.yaml"
+        )]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+
+    /// Write a commented homeport.yaml and a new signing key.
+    ///
+    /// Writes DIR/homeport.yaml and DIR/NAME.signing.key (Synapse format,
+    /// mode 0600). Never overwrites: if either exists, nothing is written and
+    /// the exit status is 2. To front an existing Synapse, point
+    /// signing_key_path at Synapse's own key file instead.
+    #[command(
+        after_help = "Example:\n  homeport init --server-name example.org --dir /etc/homeport"
+    )]
+    Init {
+        /// The server name to configure.
+        #[arg(long, value_name = "NAME")]
+        server_name: String,
+        /// Where to write (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+
     /// Run the offline lab: every discovery step and every common mistake,
     /// each served on 127.0.0.x and checked.
     ///

@@ -9,6 +9,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // One crypto backend: ring. Installed before anything builds a TLS
+    // config (every config homeport builds names the provider explicitly;
+    // this covers libraries that use the process default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     match cmd::run(args) {
         Ok(code) => code,

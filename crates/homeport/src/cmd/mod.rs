@@ -10,6 +10,7 @@ mod lab;
 mod net;
 mod request;
 mod resolve;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,11 @@ use crate::error::CliResult;
 
 pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Serve {
+            config,
+            check_config,
+        } => serve::run(&config, check_config),
+        Command::Init { server_name, dir } => serve::init(&server_name, &dir),
         Command::Lab {
             json,
             serve,

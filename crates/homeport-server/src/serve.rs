@@ -1,0 +1,349 @@
+//! Wiring a [`Config`] into a running server: keys, certificate, store,
+//! notary, proxy, listeners; reload on request (SIGHUP) and when the
+//! certificate files change; graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use homeport_core::signing::{self, SigningKey};
+use homeport_federation::{ClientConfig, FederationClient, KeyFetcher, MemoryKeyStore, TlsPolicy};
+use homeport_resolve::{Resolver, ResolverConfig, TrustConfig};
+use tokio::sync::watch;
+
+use crate::certs::{CertError, ReloadOutcome, ReloadableCert};
+use crate::config::{Config, Database, HostHeaderPolicy, ListenerKind, ResourceName};
+use crate::keyserver::{KeyServer, OldKey};
+use crate::listen::{self, Listener};
+use crate::metrics::Metrics;
+use crate::notary::{Notary, NotaryLimits};
+use crate::proxy::{HostPolicy, Proxy};
+use crate::routes::{self, AppState, Resources, WellKnownDocs};
+use crate::store::{SqliteStore, Store};
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The signing key file.
+    #[error("signing key {path}: {reason}")]
+    SigningKey {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The certificate.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Anything else in the setup.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    /// The certificate (None: no TLS listener).
+    pub certificate: Option<Result<ReloadOutcome, CertError>>,
+    /// The signing keys.
+    pub signing_keys: Result<usize, String>,
+}
+
+/// A running server.
+pub struct Running {
+    /// Bound addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The served certificate.
+    pub cert: Option<Arc<ReloadableCert>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    keys: Arc<KeyServer>,
+    key_path: PathBuf,
+    old: Vec<OldKey>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read a Synapse-format signing key file.
+pub fn read_signing_keys(path: &std::path::Path) -> Result<Vec<SigningKey>, ServeError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ServeError::SigningKey {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    signing::parse_key_file(&text).map_err(|e| ServeError::SigningKey {
+        path: p,
+        reason: e.to_string(),
+    })
+}
+
+fn resources(names: &[ResourceName], kind: ListenerKind) -> Resources {
+    let mut r = Resources::default();
+    if kind == ListenerKind::Metrics {
+        r.metrics = true;
+    }
+    for n in names {
+        match n {
+            ResourceName::Federation => r.federation = true,
+            ResourceName::Keys => r.keys = true,
+            ResourceName::Client => r.client = true,
+            ResourceName::Tester => r.tester = true,
+            ResourceName::Metrics => r.metrics = true,
+            // Synapse-only resources (media, openid, ...) are accepted in a
+            // pasted listener block and not served.
+            ResourceName::Other(_) => {}
+        }
+    }
+    r
+}
+
+/// The resolver and TLS policy homeport uses for outbound requests made on
+/// behalf of others (notary, tester): the deny list applies.
+pub fn outbound(cfg: &Config) -> Result<(ResolverConfig, TlsPolicy), ServeError> {
+    let mut rc = ResolverConfig {
+        dns: cfg.dns_config(),
+        filter: cfg.address_filter(),
+        ..ResolverConfig::default()
+    };
+    let trust = match &cfg.federation_custom_ca_list {
+        Some(files) => TrustConfig {
+            system_roots: false,
+            ca_files: files.clone(),
+            ca_certs: Vec::new(),
+        },
+        None => TrustConfig::system(),
+    };
+    rc.trust = trust.clone();
+    let roots =
+        homeport_resolve::tls::root_store(&trust).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let mut tls = TlsPolicy::new(roots);
+    tls.verify_certificates = cfg.federation_verify_certificates;
+    tls.verification_whitelist = cfg.federation_certificate_verification_whitelist.clone();
+    Ok((rc, tls))
+}
+
+/// Start serving `cfg`.
+pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
+    let keys = read_signing_keys(&cfg.signing_key_path)?;
+    let old: Vec<OldKey> = cfg
+        .old_signing_keys
+        .iter()
+        .map(|(id, o)| OldKey {
+            id: id.clone(),
+            key: o.key_base64(),
+            expired_ts: o.expired_ts,
+        })
+        .collect();
+    let keyserver = Arc::new(KeyServer::new(
+        cfg.server_name.clone(),
+        keys,
+        old.clone(),
+        cfg.key_refresh_interval,
+    ));
+    let any_tls = cfg.listeners.iter().any(|l| l.tls);
+    let cert = if any_tls {
+        match (&cfg.tls_certificate_path, &cfg.tls_private_key_path) {
+            (Some(c), Some(k)) => Some(Arc::new(ReloadableCert::load(c, k)?)),
+            _ => {
+                return Err(ServeError::Setup(
+                    "a tls listener needs tls_certificate_path and tls_private_key_path".into(),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let store: Arc<dyn Store> = match &cfg.database {
+        Database::Sqlite(args) => Arc::new(SqliteStore::open(&args.database)?),
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(ServeError::Setup(
+                "only the sqlite3 database is supported by this build".into(),
+            ));
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let notary = if cfg.notary.enabled {
+        let (rc, tls) = outbound(cfg)?;
+        let resolver = Resolver::new(rc).map_err(|e| ServeError::Setup(e.to_string()))?;
+        let client = FederationClient::new(resolver, ClientConfig::new(tls), None);
+        let fetcher = KeyFetcher::new(client, Arc::new(MemoryKeyStore::default()));
+        let limits = NotaryLimits {
+            max_servers_per_request: cfg.notary.max_servers_per_request,
+            ..NotaryLimits::default()
+        };
+        Some(Arc::new(Notary::new(
+            keyserver.clone(),
+            fetcher,
+            store.clone(),
+            metrics.clone(),
+            limits,
+        )))
+    } else {
+        None
+    };
+    let proxy = match &cfg.proxy {
+        None => None,
+        Some(p) => {
+            let host = match p.host_header {
+                HostHeaderPolicy::Preserve => HostPolicy::Preserve,
+                HostHeaderPolicy::Backend => HostPolicy::Backend,
+            };
+            Some(
+                Proxy::new(&p.backend, host, p.timeout)
+                    .map_err(|e| ServeError::Setup(e.to_string()))?,
+            )
+        }
+    };
+    let well_known = WellKnownDocs {
+        server: cfg
+            .well_known
+            .server
+            .as_ref()
+            .map(|s| serde_json::json!({ "m.server": s.as_str() })),
+        client: cfg.well_known.client.clone().map(serde_json::Value::Object),
+        support: cfg
+            .well_known
+            .support
+            .clone()
+            .map(serde_json::Value::Object),
+        cache_control: cfg.well_known.cache_control.clone(),
+    };
+    let state = Arc::new(AppState {
+        keys: keyserver.clone(),
+        cert: cert.clone(),
+        well_known,
+        notary,
+        proxy,
+        synapse_admin: cfg.proxy.as_ref().is_some_and(|p| p.synapse_admin),
+        metrics: metrics.clone(),
+    });
+    let tls_cfg = match &cert {
+        Some(c) => Some(
+            crate::certs::server_config(c.clone()).map_err(|e| ServeError::Setup(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for l in &cfg.listeners {
+        let res = resources(
+            &l.resources
+                .iter()
+                .flat_map(|r| r.names.iter().cloned())
+                .collect::<Vec<_>>(),
+            l.kind,
+        );
+        let router = routes::router(state.clone(), res);
+        for ip in &l.bind_addresses {
+            let addr = SocketAddr::new(*ip, l.port);
+            let socket = listen::bind(addr).map_err(|e| ServeError::Bind {
+                addr,
+                reason: e.to_string(),
+            })?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            addrs.push(bound);
+            listeners.push(Listener {
+                name: bound.to_string(),
+                socket,
+                tls: if l.tls { tls_cfg.clone() } else { None },
+                router: router.clone(),
+                x_forwarded: l.x_forwarded,
+                trusted_proxies: cfg.trusted_proxies.clone(),
+            });
+        }
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listen::serve(listeners, stop_rx, Duration::from_secs(10)));
+    let watcher = cert.as_ref().map(|c| {
+        let m = metrics.clone();
+        c.watch(Duration::from_secs(5), move |r| {
+            m.reload(r.is_ok());
+            log_reload(r);
+        })
+    });
+    if let Some(c) = &cert {
+        metrics.cert_expiry("tls", c.expires_in());
+    }
+    Ok(Running {
+        addrs,
+        cert,
+        metrics,
+        keys: keyserver,
+        key_path: cfg.signing_key_path.clone(),
+        old,
+        stop,
+        task,
+        watcher,
+    })
+}
+
+fn log_reload(r: &Result<ReloadOutcome, CertError>) {
+    match r {
+        Ok(ReloadOutcome::Swapped { sha256 }) => {
+            tracing::info!(sha256 = %sha256, "certificate reloaded")
+        }
+        Ok(ReloadOutcome::Unchanged) => tracing::info!("certificate unchanged"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload refused; still serving the previous certificate")
+        }
+    }
+}
+
+impl Running {
+    /// Reload the certificate and the signing key file (SIGHUP).
+    pub fn reload(&self) -> ReloadReport {
+        let certificate = self.cert.as_ref().map(|c| {
+            let r = c.reload();
+            self.metrics.reload(r.is_ok());
+            log_reload(&r);
+            r
+        });
+        let signing_keys = match read_signing_keys(&self.key_path) {
+            Ok(k) => {
+                let n = k.len();
+                self.keys.set_keys(k, self.old.clone());
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signing key reload refused; keeping the current keys");
+                Err(e.to_string())
+            }
+        };
+        ReloadReport {
+            certificate,
+            signing_keys,
+        }
+    }
+
+    /// Stop accepting, drain in-flight requests, return.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Some(w) = self.watcher {
+            w.abort();
+        }
+        let _ = self.task.await;
+    }
+}
