@@ -1318,6 +1318,7 @@ impl Report {
             "server_name": self.server_name.as_str(),
             "ok": self.ok,
             "resolution": self.resolution.to_json(),
+            "trace": self.resolution.trace,
             "addresses": self.addresses,
             "well_known_by_address": self.well_known_by_addr,
             "client_well_known": self.client_well_known,

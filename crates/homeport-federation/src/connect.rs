@@ -25,6 +25,11 @@ pub struct ConnectOptions {
     pub handshake_timeout: Duration,
     /// Happy Eyeballs: start the next address after this long.
     pub stagger: Duration,
+    /// Addresses never dialled (checked on the socket address itself, after
+    /// unwrapping IPv4-mapped, IPv4-compatible and NAT64 forms; no second
+    /// resolution happens). Open by default; the notary and the tester
+    /// service set the deny list.
+    pub filter: homeport_resolve::AddressFilter,
 }
 
 impl Default for ConnectOptions {
@@ -33,6 +38,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             stagger: Duration::from_millis(250),
+            filter: homeport_resolve::AddressFilter::allow_all(),
         }
     }
 }
@@ -104,7 +110,20 @@ pub async fn connect_destination(
 ) -> Result<Connection, Vec<Attempt>> {
     let mut attempts = Vec::new();
     for target in &dest.targets {
-        let addrs = interleave(target.socket_addrs().collect());
+        let mut addrs = Vec::new();
+        for a in interleave(target.socket_addrs().collect()) {
+            match opts.filter.denied_by(a.ip()) {
+                None => addrs.push(a),
+                Some(range) => attempts.push(Attempt {
+                    addr: a,
+                    phase: "filter",
+                    error: format!("{} is in the denied range {range}", a.ip()),
+                }),
+            }
+        }
+        if addrs.is_empty() {
+            continue;
+        }
         match happy_eyeballs(&addrs, opts).await {
             Ok((tcp, addr, took)) => {
                 match handshake(tcp, addr, &target.host, &dest.tls_name, policy, true, opts).await {
@@ -132,6 +151,13 @@ pub async fn connect_addr(
     enforce: bool,
     opts: &ConnectOptions,
 ) -> Result<Connection, Attempt> {
+    if let Some(range) = opts.filter.denied_by(addr.ip()) {
+        return Err(Attempt {
+            addr,
+            phase: "filter",
+            error: format!("{} is in the denied range {range}", addr.ip()),
+        });
+    }
     let start = Instant::now();
     let tcp = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,

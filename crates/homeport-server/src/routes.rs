@@ -114,6 +114,12 @@ fn unrecognized() -> Response<Body> {
 
 /// The router for a listener serving `res`.
 pub fn router(state: Arc<AppState>, res: Resources) -> Router {
+    router_with(state, res, None)
+}
+
+/// As [`router`], with extra routes (the tester's) merged in before the
+/// fallback.
+pub fn router_with(state: Arc<AppState>, res: Resources, extra: Option<Router>) -> Router {
     let mut r: Router<Arc<AppState>> = Router::new();
     let fed = res.federation;
     if fed || res.client {
@@ -140,8 +146,12 @@ pub fn router(state: Arc<AppState>, res: Resources) -> Router {
         r = r.route("/metrics", get(metrics));
     }
     let proxied = Resources { ..res };
-    r.fallback(move |State(s): State<Arc<AppState>>, req: Request<Body>| fallback(s, proxied, req))
-        .with_state(state)
+    let r: Router = r.with_state(state.clone());
+    let r = match extra {
+        Some(x) => r.merge(x),
+        None => r,
+    };
+    r.fallback(move |req: Request<Body>| fallback(state.clone(), proxied, req))
 }
 
 async fn fallback(s: Arc<AppState>, res: Resources, req: Request<Body>) -> Response<Body> {

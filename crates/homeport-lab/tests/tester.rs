@@ -1,0 +1,472 @@
+//! The tester service's API against the lab's domains: every status code,
+//! the compatible schema, the cache, rate limits, shared checks and the
+//! deny list.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use homeport_lab::Lab;
+use homeport_server::metrics::Metrics;
+use homeport_server::routes::ConnMeta;
+use homeport_server::store::SqliteStore;
+use homeport_server::tester::{Tester, TesterLimits};
+use homeport_test_support::{HttpsServer, Scripted, TlsSetup};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    lab: Lab,
+    counted: HttpsServer,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lab = rt.block_on(Lab::start()).unwrap();
+        // A domain whose requests we count.
+        let key = homeport_core::signing::SigningKey::generate("a_c").unwrap();
+        let doc = homeport_core::keys::ServerKeysBuilder::new(
+            &homeport_core::ServerName::parse("counted.lab").unwrap(),
+            homeport_federation::keys::now_ms() + 86_400_000,
+        )
+        .verify_key(&key)
+        .sign(&[&key])
+        .unwrap();
+        let counted = HttpsServer::start_on_any_loopback(
+            homeport_lab::DEF_PORT,
+            TlsSetup::Cert(lab.ca.issue(&["counted.lab"]).unwrap()),
+            homeport_test_support::Handler::routes()
+                .route("/_matrix/key/v2/server", Scripted::json(doc))
+                .route(
+                    "/_matrix/federation/v1/version",
+                    Scripted::json(serde_json::json!({"server": {"name": "c", "version": "1"}})),
+                )
+                .fallback(Scripted::delay(
+                    Duration::from_millis(200),
+                    Scripted::not_found(),
+                )),
+        )
+        .unwrap();
+        let std::net::IpAddr::V4(ip) = counted.addr().ip() else {
+            panic!()
+        };
+        lab.dns.zone().update(|z| z.a("counted.lab", ip)).unwrap();
+        Env { rt, lab, counted }
+    })
+}
+
+fn tester(limits: TesterLimits, allow_loopback: bool) -> Arc<Tester> {
+    let e = env();
+    let mut client_cfg_lab = e.lab.client(Duration::from_secs(20)).unwrap();
+    if !allow_loopback {
+        // Rebuild with the default deny list in both the resolver and the
+        // connector.
+        let mut rc = homeport_resolve::ResolverConfig::default();
+        rc.dns.nameservers = vec![e.lab.dns.addr()];
+        rc.trust = homeport_resolve::TrustConfig::only(vec![e.lab.ca.cert_der()]);
+        rc.well_known.port = homeport_lab::WK_PORT;
+        rc.default_port = homeport_lab::DEF_PORT;
+        rc.filter = homeport_resolve::AddressFilter::default_deny();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(e.lab.ca.cert_der()).unwrap();
+        let mut cc =
+            homeport_federation::ClientConfig::new(homeport_federation::TlsPolicy::new(roots));
+        cc.connect.filter = homeport_resolve::AddressFilter::default_deny();
+        let resolver =
+            e.rt.block_on(async { homeport_resolve::Resolver::new(rc) })
+                .unwrap();
+        client_cfg_lab = homeport_federation::FederationClient::new(resolver, cc, None);
+    }
+    Arc::new(Tester::new(
+        client_cfg_lab,
+        Arc::new(SqliteStore::memory().unwrap()),
+        Arc::new(Metrics::default()),
+        limits,
+    ))
+}
+
+fn call(t: &Arc<Tester>, method: &str, uri: &str, ip: &str) -> (u16, http::HeaderMap, Vec<u8>) {
+    let router = homeport_server::tester::router(t.clone());
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(ConnMeta {
+        client: format!("{ip}:1").parse().unwrap(),
+        sni: None,
+        tls: true,
+    });
+    env().rt.block_on(async move {
+        let r = router.oneshot(req).await.unwrap();
+        let s = r.status().as_u16();
+        let h = r.headers().clone();
+        (
+            s,
+            h,
+            r.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        )
+    })
+}
+
+fn json(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+fn open() -> TesterLimits {
+    TesterLimits {
+        per_client_per_minute: 1000,
+        per_target_interval: Duration::ZERO,
+        ..TesterLimits::default()
+    }
+}
+
+#[test]
+fn missing_and_invalid_names() {
+    let t = tester(open(), true);
+    for uri in [
+        "/api/report",
+        "/api/report?server_name=",
+        "/api/federation-ok",
+        "/api/v1/check?server_name=",
+    ] {
+        let (s, h, b) = call(&t, "GET", uri, "198.51.100.1");
+        assert_eq!(s, 400, "{uri}");
+        assert_eq!(json(&b)["errcode"], "M_MISSING_PARAM");
+        assert_eq!(h["access-control-allow-origin"], "*");
+    }
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        "/api/report?server_name=bad%20name",
+        "198.51.100.1",
+    );
+    assert_eq!(s, 200);
+    let v = json(&b);
+    assert_eq!(v["Error"], "Invalid server name 'bad name'");
+    assert_eq!(v["FederationOK"], false);
+    let (s, h, b) = call(
+        &t,
+        "GET",
+        "/api/federation-ok?server_name=bad%20name",
+        "198.51.100.1",
+    );
+    assert_eq!((s, b.as_slice()), (200, &b"BAD"[..]));
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        "/api/v1/check?server_name=bad%20name",
+        "198.51.100.1",
+    );
+    assert_eq!(s, 400);
+    assert_eq!(json(&b)["errcode"], "M_INVALID_PARAM");
+}
+
+#[test]
+fn options_and_other_methods() {
+    let t = tester(open(), true);
+    let (s, h, _) = call(
+        &t,
+        "OPTIONS",
+        "/api/report?server_name=x.lab",
+        "198.51.100.2",
+    );
+    assert_eq!(s, 204);
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    let (s, _, b) = call(&t, "POST", "/api/report?server_name=x.lab", "198.51.100.2");
+    assert_eq!(s, 405);
+    assert!(json(&b)["errcode"].is_string());
+    let (s, _, _) = call(
+        &t,
+        "GET",
+        "/api/debug/pprof?server_name=x.lab",
+        "198.51.100.2",
+    );
+    assert_eq!(s, 404, "no debug endpoints");
+}
+
+#[test]
+fn report_federation_ok_and_full_check() {
+    let t = tester(open(), true);
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        "/api/report?server_name=wk-srv.lab",
+        "198.51.100.3",
+    );
+    assert_eq!(s, 200);
+    let v = json(&b);
+    assert_eq!(v["FederationOK"], true);
+    assert_eq!(
+        v["DNSResult"]["SRVCName"],
+        "_matrix-fed._tcp.hs.wk-srv.lab."
+    );
+    let (_, _, b) = call(
+        &t,
+        "GET",
+        "/api/federation-ok?server_name=wk-srv.lab",
+        "198.51.100.3",
+    );
+    assert_eq!(b, b"GOOD");
+    let (_, _, b) = call(
+        &t,
+        "GET",
+        "/api/federation-ok?server_name=picky.lab",
+        "198.51.100.3",
+    );
+    assert_eq!(b, b"BAD");
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        "/api/v1/check?server_name=picky.lab",
+        "198.51.100.3",
+    );
+    assert_eq!(s, 200);
+    let v = json(&b);
+    assert_eq!(v["findings"][0]["id"], "host_port_rejected_by_proxy");
+    assert!(v["trace"].is_array());
+}
+
+#[test]
+fn results_are_cached_and_no_cache_bypasses() {
+    let t = tester(open(), true);
+    let count = || {
+        env()
+            .counted
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/_matrix/key/v2/server")
+            .count()
+    };
+    let before = count();
+    call(
+        &t,
+        "GET",
+        "/api/report?server_name=counted.lab",
+        "198.51.100.4",
+    );
+    let after_first = count();
+    assert!(after_first > before);
+    call(
+        &t,
+        "GET",
+        "/api/report?server_name=counted.lab",
+        "198.51.100.4",
+    );
+    call(
+        &t,
+        "GET",
+        "/api/v1/check?server_name=counted.lab",
+        "198.51.100.4",
+    );
+    assert_eq!(count(), after_first, "served from the cache");
+    call(
+        &t,
+        "GET",
+        "/api/report?server_name=counted.lab&no_cache=1",
+        "198.51.100.4",
+    );
+    assert!(count() > after_first, "no_cache=1 runs a fresh check");
+}
+
+#[test]
+fn per_client_rate_limit_gives_429_with_retry_after() {
+    let t = tester(
+        TesterLimits {
+            per_target_interval: Duration::ZERO,
+            ..TesterLimits::default()
+        },
+        true,
+    );
+    for i in 0..10 {
+        let (s, _, _) = call(
+            &t,
+            "GET",
+            "/api/federation-ok?server_name=plain.lab",
+            "198.51.100.5",
+        );
+        assert_eq!(s, 200, "request {i}");
+    }
+    let (s, h, b) = call(
+        &t,
+        "GET",
+        "/api/federation-ok?server_name=plain.lab",
+        "198.51.100.5",
+    );
+    assert_eq!(s, 429);
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(json(&b)["errcode"], "M_LIMIT_EXCEEDED");
+    // Another client is not affected.
+    assert_eq!(
+        call(
+            &t,
+            "GET",
+            "/api/federation-ok?server_name=plain.lab",
+            "198.51.100.6"
+        )
+        .0,
+        200
+    );
+}
+
+#[test]
+fn one_fresh_check_per_target_per_interval() {
+    let t = tester(
+        TesterLimits {
+            per_client_per_minute: 1000,
+            ..TesterLimits::default()
+        },
+        true,
+    );
+    assert_eq!(
+        call(
+            &t,
+            "GET",
+            "/api/report?server_name=wk-port.lab&no_cache=1",
+            "198.51.100.7"
+        )
+        .0,
+        200
+    );
+    let (s, h, _) = call(
+        &t,
+        "GET",
+        "/api/report?server_name=wk-port.lab&no_cache=1",
+        "198.51.100.8",
+    );
+    assert_eq!(s, 429);
+    assert!(h.get("retry-after").is_some());
+    // The cached answer is still served without no_cache.
+    assert_eq!(
+        call(
+            &t,
+            "GET",
+            "/api/report?server_name=wk-port.lab",
+            "198.51.100.8"
+        )
+        .0,
+        200
+    );
+}
+
+#[test]
+fn concurrent_requests_for_one_target_share_the_running_check() {
+    let t = tester(open(), true);
+    let before = env()
+        .counted
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/_matrix/federation/v1/version")
+        .count();
+    let router = homeport_server::tester::router(t.clone());
+    let statuses: Vec<u16> = env().rt.block_on(async {
+        let mut hs = Vec::new();
+        for i in 0..6 {
+            let router = router.clone();
+            hs.push(tokio::spawn(async move {
+                let mut req = http::Request::get("/api/report?server_name=counted.lab&no_cache=1")
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut().insert(ConnMeta {
+                    client: format!("203.0.113.{i}:1").parse().unwrap(),
+                    sni: None,
+                    tls: true,
+                });
+                router.oneshot(req).await.unwrap().status().as_u16()
+            }));
+        }
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = env()
+        .counted
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/_matrix/federation/v1/version")
+        .count();
+    assert_eq!(after - before, 1, "one check for six requests");
+}
+
+#[test]
+fn the_deny_list_keeps_the_tester_off_the_hosts_network() {
+    let t = tester(open(), false);
+    let before = env().counted.request_count();
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        "/api/v1/check?server_name=counted.lab",
+        "198.51.100.9",
+    );
+    assert_eq!(s, 200);
+    let v = json(&b);
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["resolution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied"),
+        "{}",
+        v["resolution"]
+    );
+    // IP literals, including IPv4-mapped IPv6, are refused too.
+    for lit in [
+        "127.0.0.1",
+        "%5B%3A%3Affff%3A127.0.0.1%5D",
+        "10.0.0.1%3A8448",
+    ] {
+        let (_, _, b) = call(
+            &t,
+            "GET",
+            &format!("/api/v1/check?server_name={lit}"),
+            "198.51.100.9",
+        );
+        assert!(
+            json(&b)["resolution"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("denied"),
+            "{lit}"
+        );
+    }
+    assert_eq!(
+        env().counted.request_count(),
+        before,
+        "nothing on loopback was dialled"
+    );
+}
+
+#[test]
+fn the_page_is_served_with_a_labelled_form() {
+    let t = tester(open(), true);
+    let (s, h, b) = call(&t, "GET", "/", "198.51.100.10");
+    assert_eq!(s, 200);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = String::from_utf8(b).unwrap();
+    assert!(html.contains("<label for=\"name\">Server name</label>"));
+    assert!(html.contains("/api/v1/check?server_name="));
+}
