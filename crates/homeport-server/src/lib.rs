@@ -11,3 +11,4 @@ pub mod proxy;
 pub mod routes;
 pub mod serve;
 pub mod store;
+pub mod tester;
