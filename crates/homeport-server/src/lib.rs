@@ -12,3 +12,4 @@ pub mod routes;
 pub mod serve;
 pub mod store;
 pub mod tester;
+pub mod monitor;
