@@ -222,17 +222,15 @@ impl Tester {
         no_cache: bool,
     ) -> Result<Arc<Rendered>, (StatusCode, u64, String)> {
         let key = name.to_lowercase();
-        if !no_cache {
-            if let Ok(Some(v)) = self.store.kv_get("tester", &key, now_ms()) {
-                if let (Some(full), Some(compat)) = (v.get("full"), v.get("compat")) {
+        if !no_cache
+            && let Ok(Some(v)) = self.store.kv_get("tester", &key, now_ms())
+                && let (Some(full), Some(compat)) = (v.get("full"), v.get("compat")) {
                     return Ok(Arc::new(Rendered {
                         full: full.clone(),
                         compat: compat.clone(),
                         ok: full["ok"].as_bool().unwrap_or(false),
                     }));
                 }
-            }
-        }
         let r = self
             .flight
             .run(key.clone(), || async {
