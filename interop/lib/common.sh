@@ -19,6 +19,9 @@
 #   print_table                 the aligned table and the line
 #                               "N passed, M failed"; returns 1 when M > 0
 #   ensure_homeport             sets HOMEPORT_BIN, building it if missing
+#   apt_ensure CMD:PACKAGE...   apt-get install the packages whose command is
+#                               not on PATH (apt-get update first, once per
+#                               interop/run); installed ones cost nothing
 #
 # At exit (normal, failure, Ctrl-C, SIGTERM) every registered process is sent
 # SIGTERM, in reverse start order, then SIGKILL after a grace period; every
@@ -227,4 +230,41 @@ ensure_homeport() {
 # Does the homeport binary have this subcommand?
 homeport_has() {
   "$HOMEPORT_BIN" help "$1" >/dev/null 2>&1
+}
+
+# ---- Debian packages ---------------------------------------------------------
+apt_ensure() {
+  local missing=() item cmd pkg
+  for item in "$@"; do
+    cmd=${item%%:*} pkg=${item#*:}
+    command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 ||
+      missing+=("$pkg")
+  done
+  ((${#missing[@]} > 0)) || return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and there is no apt-get"
+  log "installing ${missing[*]} (apt-get)"
+  # One apt-get update per interop/run (the stamp sits next to the shared
+  # results file), or per script run alone.
+  local stamp="${INTEROP_RESULTS:-/nonexistent}.apt-updated"
+  if [[ -z "${_INTEROP_APT_UPDATED:-}" && ! -e "$stamp" ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+    : >"$stamp" 2>/dev/null || true
+  fi
+  _INTEROP_APT_UPDATED=1
+  # The packages' postinst would start nginx/haproxy/caddy as system services
+  # (on 0.0.0.0:80 and so on): a policy-rc.d that says no, for the install only.
+  local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# homeport interop: no service starts during apt_ensure\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || rc=$?
+  ((made_policy == 0)) || rm -f "$policy"
+  ((rc == 0)) || die "apt-get install ${missing[*]} failed"
+  for item in "$@"; do
+    cmd=${item%%:*}
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 ||
+      die "${item#*:} installed but no $cmd on PATH"
+  done
 }

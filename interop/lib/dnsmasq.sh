@@ -13,16 +13,7 @@
 # would treat as a hard failure. Needs common.sh.
 
 dnsmasq_install() {
-  command -v dnsmasq >/dev/null 2>&1 && return 0
-  command -v apt-get >/dev/null 2>&1 || die "dnsmasq is missing and there is no apt-get"
-  log "installing dnsmasq-base (apt-get)"
-  if [[ -z "${_INTEROP_APT_UPDATED:-}" ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-    _INTEROP_APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >&2 ||
-    die "apt-get install dnsmasq-base failed"
-  command -v dnsmasq >/dev/null 2>&1 || die "dnsmasq-base installed but no dnsmasq on PATH"
+  apt_ensure dnsmasq:dnsmasq-base
 }
 
 dnsmasq_start() {

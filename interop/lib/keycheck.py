@@ -4,9 +4,11 @@
       DOC is Synapse's GET /_matrix/key/v2/server answer: server_name is NAME,
       verify_keys are exactly the keys of KEYFILE (Synapse's NAME.signing.key),
       the self-signature verifies, valid_until_ts is in the future.
-  keycheck.py notary DOC ORIGIN ORIGIN_KEYFILE NOTARY NOTARY_KEYFILE
+  keycheck.py notary DOC ORIGIN ORIGIN_KEYFILE NOTARY NOTARY_KEYFILE [FRESH_MS]
       DOC is a notary's /_matrix/key/v2/query answer: one entry for ORIGIN
-      with ORIGIN_KEYFILE's keys, signed by ORIGIN and by NOTARY.
+      with ORIGIN_KEYFILE's keys, signed by ORIGIN and by NOTARY. With
+      FRESH_MS, the entry's valid_until_ts must be at least FRESH_MS (a key
+      document the origin signed after a given time, not an older cached one).
   keycheck.py empty DOC
       DOC is a notary answer with no server_keys.
   keycheck.py homeport DOC NAME KEYFILE VIA [NOTARY]
@@ -104,7 +106,7 @@ def cmd_server(doc_path, name, keyfile):
             f", old_verify_keys {old}")
 
 
-def cmd_notary(doc_path, origin, origin_keyfile, notary, notary_keyfile):
+def cmd_notary(doc_path, origin, origin_keyfile, notary, notary_keyfile, fresh_ms=None):
     doc = load(doc_path)
     entries = doc.get("server_keys")
     if not isinstance(entries, list):
@@ -118,6 +120,9 @@ def cmd_notary(doc_path, origin, origin_keyfile, notary, notary_keyfile):
     vu = check_server_doc(entry, origin, okeys, f"{origin} via {notary}")
     okid = verify(entry, origin, okeys, f"{origin} via {notary}")
     nkid = verify(entry, notary, nkeys, f"{origin} via {notary}")
+    if fresh_ms is not None and vu < int(fresh_ms):
+        raise Fail(f"{origin} via {notary}: valid_until_ts {vu} < {fresh_ms}: "
+                   f"a cached key document, not a fresh fetch")
     signers = sorted(entry.get("signatures", {}))
     return (f"{origin} {okid} signed by {signers} ({origin} {okid}, {notary} {nkid} verified)"
             f", valid_until_ts +{hours_left(vu):.1f}h")

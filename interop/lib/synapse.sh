@@ -18,6 +18,20 @@
 #   synapse_curl NAME DIR PATH [CURL-ARGS...]
 #                                  curl https://NAME:8448PATH, trusting only the
 #                                  test CA, --resolve'd to the listener
+#   synapse_client NAME DIR PATH [CURL-ARGS...]
+#                                  curl the plain client listener (IP:8008)
+#   synapse_fed NAME DIR PATH [CURL-ARGS...]
+#                                  curl the federation listener (8448, or the
+#                                  plain one with SYNAPSE_PLAIN_PORT)
+#   synapse_key_query NAME DIR SERVER KEY_ID MIN_TS OUT
+#                                  notary POST /_matrix/key/v2/query for one key
+#                                  of SERVER; prints the HTTP status
+#   synapse_register NAME DIR USER PASSWORD
+#                                  a user, via the shared-secret registration API
+#   synapse_logfile NAME DIR       the path of Synapse's own log file
+#
+# SYNAPSE_PLAIN_PORT=PORT synapse_init ... makes a Synapse for behind a proxy:
+# one plain listener IP:PORT with client and federation, x_forwarded, no TLS.
 #
 # Needs common.sh and ca.sh (ca_init must have run: INTEROP_CA_DIR), and for
 # synapse_start dnsmasq.sh's INTEROP_DNS_IP. Synapse never sees the system
@@ -92,10 +106,18 @@ synapse_init() {
     die "synapse --generate-config failed for $name"
   fi
   [[ -f "$dir/$name.signing.key" ]] || die "no $dir/$name.signing.key after --generate-config"
-  cat >"$dir/overrides.yaml" <<EOF
-# homeport interop overrides (later config files win, key by key)
-listeners:
-  - port: 8448
+  local listeners
+  if [[ -n "${SYNAPSE_PLAIN_PORT:-}" ]]; then
+    # Behind a proxy: one plain listener for everything, nothing on 8448.
+    listeners="  - port: $SYNAPSE_PLAIN_PORT
+    bind_addresses: ['$ip']
+    type: http
+    tls: false
+    x_forwarded: true
+    resources: [{names: [client, federation], compress: false}]"
+    printf '%s\n' "$SYNAPSE_PLAIN_PORT" >"$dir/.plain"
+  else
+    listeners="  - port: 8448
     bind_addresses: ['$ip']
     type: http
     tls: true
@@ -106,7 +128,13 @@ listeners:
     type: http
     tls: false
     x_forwarded: false
-    resources: [{names: [client], compress: false}]
+    resources: [{names: [client], compress: false}]"
+    rm -f "$dir/.plain"
+  fi
+  cat >"$dir/overrides.yaml" <<EOF
+# homeport interop overrides (later config files win, key by key)
+listeners:
+$listeners
 tls_certificate_path: '$ca/$name.crt'
 tls_private_key_path: '$ca/$name.key'
 database: {name: sqlite3, args: {database: '$dir/homeserver.db'}}
@@ -139,18 +167,22 @@ synapse_start() {
   pid=$INTEROP_LAST_PID
   printf '%s\n' "$pid" >"$dir/.pid"
   deadline=$((SECONDS + ${HOMEPORT_SYNAPSE_START_TIMEOUT:-120}))
-  until synapse_curl "$name" "$dir" /_matrix/key/v2/server -f -o /dev/null --max-time 3 2>/dev/null; do
+  until synapse_fed "$name" "$dir" /_matrix/key/v2/server -f -o /dev/null --max-time 3 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then
       show_log "synapse-$name" 40
       die "Synapse $name exited during start-up"
     fi
     if ((SECONDS >= deadline)); then
       show_log "synapse-$name" 40
-      die "Synapse $name did not answer /_matrix/key/v2/server on $ip:8448"
+      die "Synapse $name did not answer /_matrix/key/v2/server on $ip"
     fi
     sleep 0.5
   done
-  log "Synapse $name is up on https://$name:8448 ($ip)"
+  if [[ -f "$dir/.plain" ]]; then
+    log "Synapse $name is up on http://$ip:$(<"$dir/.plain") (plain listener only)"
+  else
+    log "Synapse $name is up on https://$name:8448 ($ip)"
+  fi
 }
 
 synapse_stop() {
@@ -166,4 +198,53 @@ synapse_curl() {
   ip=$(<"$dir/.bind")
   curl -sS --noproxy '*' --cacert "$INTEROP_CA_DIR/ca.crt" \
     --resolve "$name:8448:$ip" "$@" "https://$name:8448$path"
+}
+
+# curl Synapse's plain listener (client API; with SYNAPSE_PLAIN_PORT at init,
+# also federation): http://IP:8008PATH, or http://IP:PORTPATH.
+synapse_client() {
+  local name=$1 dir=$2 path=$3 ip port=8008
+  shift 3
+  ip=$(<"$dir/.bind")
+  [[ -f "$dir/.plain" ]] && port=$(<"$dir/.plain")
+  curl -sS --noproxy '*' "$@" "http://$ip:$port$path"
+}
+
+# curl Synapse's federation listener: https://NAME:8448PATH (synapse_curl), or
+# the plain listener of a Synapse made with SYNAPSE_PLAIN_PORT.
+synapse_fed() {
+  if [[ -f "$2/.plain" ]]; then
+    synapse_client "$@"
+  else
+    synapse_curl "$@"
+  fi
+}
+
+# synapse_key_query NAME DIR SERVER KEY_ID MIN_TS OUT [CURL-ARGS...]
+# POST /_matrix/key/v2/query to Synapse NAME (as a notary) for SERVER's
+# KEY_ID with minimum_valid_until_ts MIN_TS; the answer goes to OUT. A key id
+# that is not cached, or a MIN_TS beyond the cached valid_until_ts, makes
+# Synapse fetch the keys from SERVER (its whole discovery) before answering.
+synapse_key_query() {
+  local name=$1 dir=$2 server=$3 kid=$4 min=$5 out=$6
+  shift 6
+  synapse_fed "$name" "$dir" /_matrix/key/v2/query -o "$out" -w '%{http_code}' \
+    -H 'Content-Type: application/json' -X POST --max-time 60 \
+    --data "{\"server_keys\":{\"$server\":{\"$kid\":{\"minimum_valid_until_ts\":$min}}}}" "$@"
+}
+
+# synapse_register NAME DIR USER PASSWORD: a user made with the shared-secret
+# registration API (register_new_matrix_user, the secret from --generate-config).
+synapse_register() {
+  local name=$1 dir=$2 user=$3 pass=$4 ip port=8008
+  ip=$(<"$dir/.bind")
+  [[ -f "$dir/.plain" ]] && port=$(<"$dir/.plain")
+  "$(dirname "$SYNAPSE_PY")/register_new_matrix_user" -c "$dir/homeserver.yaml" \
+    -u "$user" -p "$pass" --no-admin "http://$ip:$port" >&2 ||
+    die "register_new_matrix_user $user on $name failed"
+}
+
+# The file Synapse logs to (the generated log config's handler).
+synapse_logfile() {
+  printf '%s\n' "$2/homeserver.log"
 }

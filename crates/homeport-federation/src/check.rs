@@ -670,16 +670,22 @@ async fn probe_address(
         error: None,
     };
     let cfg = client.config();
-    let conn =
-        match connect::connect_addr(addr, &target, &dest.tls_name, &cfg.tls, false, &cfg.connect)
-            .await
-        {
-            Ok(c) => c,
-            Err(a) => {
-                rep.error = Some(format!("{}: {}", a.phase, a.error));
-                return rep;
-            }
-        };
+    let conn = match connect::connect_addr(
+        addr,
+        &target,
+        &dest.tls_name,
+        &peer_like(&cfg.tls),
+        false,
+        &cfg.connect,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(a) => {
+            rep.error = Some(format!("{}: {}", a.phase, a.error));
+            return rep;
+        }
+    };
     let info = conn.info.clone();
     rep.connect_ms = Some(u64::try_from(info.connect_time.as_millis()).unwrap_or(u64::MAX));
     rep.tls = Some(TlsReport {
@@ -875,6 +881,22 @@ fn keys_report(x: &Exchange, name: &ServerName) -> KeysReport {
     k
 }
 
+/// The TLS policy with ALPN `http/1.1` only: federating servers (Synapse
+/// offers no ALPN at all) speak HTTP/1.1, and some proxies treat HTTP/2
+/// differently (HAProxy drops a default `:443` from `:authority` before its
+/// ACLs run), so the probes must speak what peers speak.
+fn peer_like(tls: &crate::tls::TlsPolicy) -> crate::tls::TlsPolicy {
+    let mut t = tls.clone();
+    t.alpn = vec![b"http/1.1".to_vec()];
+    t
+}
+
+fn proxy_fix(host: &str) -> String {
+    format!(
+        "Make the proxy match the host with any port: haproxy `acl matrix req.hdr(host),host_only -i {host}` (not `hdr(host) -i {host}`, an exact match); nginx `server_name {host};` matches already (it ignores the port); Caddy matches the site name `{host}` with any port; Apache `ServerName {host}` matches with any port (check RewriteCond rules on HTTP_HOST). Or drop the port from m.server and use an SRV record or port 8448 (docs/delegation.md#a-port-in-mserver)"
+    )
+}
+
 fn status_text(s: Option<u16>) -> String {
     s.map_or_else(|| "no answer".to_owned(), |x| format!("HTTP {x}"))
 }
@@ -1047,7 +1069,7 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                         h.alternative,
                         status_text(h.alternative_status)
                     ),
-                    "Make the proxy match the host with any port: haproxy `acl matrix req.hdr(host),host_only -i NAME` (or hdr_dom(host)); nginx `server_name NAME;` matches already (it ignores the port); Caddy matches the site name with any port; Apache `ServerName NAME` plus `UseCanonicalName Off`. Or drop the port from m.server and use an SRV record or port 8448 (docs/delegation.md#a-port-in-mserver)",
+                    &proxy_fix(&h.alternative),
                 ));
             } else if h.differs && p_ok && !a_ok {
                 out.push(finding(
@@ -1154,11 +1176,19 @@ async fn one_well_known(
         Err(e) => return (addr, Err(e.to_string())),
     };
     let cfg = client.config();
-    let conn =
-        match connect::connect_addr(addr, &host, &tls_name, &cfg.tls, true, &cfg.connect).await {
-            Ok(c) => c,
-            Err(a) => return (addr, Err(format!("{}: {}", a.phase, a.error))),
-        };
+    let conn = match connect::connect_addr(
+        addr,
+        &host,
+        &tls_name,
+        &peer_like(&cfg.tls),
+        true,
+        &cfg.connect,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(a) => return (addr, Err(format!("{}: {}", a.phase, a.error))),
+    };
     let (mut s, _) = match open(conn).await {
         Ok(s) => s,
         Err(e) => return (addr, Err(e)),

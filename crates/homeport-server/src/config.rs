@@ -428,6 +428,14 @@ pub struct DnsSection {
     /// the system resolver. Default `[]`: the system resolver.
     #[serde(deserialize_with = "many::<_, NameserverS>")]
     pub nameservers: Vec<SocketAddr>,
+    /// `lab_well_known_port`: lab only. Fetch `.well-known` on this port
+    /// instead of 443 when homeport resolves on behalf of others (notary,
+    /// tester, monitor), to test against `homeport lab --serve` without
+    /// root. Default: absent (443, as the spec says).
+    pub lab_well_known_port: Option<u16>,
+    /// `lab_default_port`: lab only. Use this port where the spec says 8448.
+    /// Default: absent (8448).
+    pub lab_default_port: Option<u16>,
 }
 
 /// `well_known:`.

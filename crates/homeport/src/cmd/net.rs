@@ -47,7 +47,11 @@ pub fn federation_client(net: &NetOpts, signer: Option<Signer>) -> CliResult<Fed
     let roots = homeport_resolve::tls::root_store(&cfg.trust)
         .map_err(|e| CliError::invalid(e, "--ca-file".to_owned()))?;
     let resolver = Resolver::new(cfg).map_err(|e| CliError::invalid(e, None))?;
-    let mut client_cfg = ClientConfig::new(TlsPolicy::new(roots));
+    let mut tls = TlsPolicy::new(roots);
+    // Speak what federating servers speak: HTTP/1.1 (Synapse offers no
+    // ALPN), so that answers match what peers get.
+    tls.alpn = vec![b"http/1.1".to_vec()];
+    let mut client_cfg = ClientConfig::new(tls);
     client_cfg.request_timeout = net.timeout;
     client_cfg.connect.connect_timeout = net.timeout.min(client_cfg.connect.connect_timeout);
     Ok(FederationClient::new(resolver, client_cfg, signer))
