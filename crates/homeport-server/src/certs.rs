@@ -5,7 +5,8 @@
 //! certificate and says exactly why.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject as _;
@@ -117,11 +118,29 @@ pub fn load_pair(
     key_path: &Path,
     now: SystemTime,
 ) -> Result<LoadedCert, CertError> {
-    let cp = cert_path.display().to_string();
-    let kp = key_path.display().to_string();
     let cert_pem = read_capped(cert_path)?;
     let key_pem = read_capped(key_path)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    load_pem(
+        &cert_pem,
+        &key_pem,
+        &cert_path.display().to_string(),
+        &key_path.display().to_string(),
+        now,
+    )
+}
+
+/// Validate a PEM chain and key held in memory (ACME checks what it was
+/// issued before writing anything); `cp` and `kp` name them in errors.
+pub fn load_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cp: &str,
+    kp: &str,
+    now: SystemTime,
+) -> Result<LoadedCert, CertError> {
+    let cp = cp.to_owned();
+    let kp = kp.to_owned();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| CertError::Parse {
             path: cp.clone(),
@@ -130,7 +149,7 @@ pub fn load_pair(
     let Some(leaf) = chain.first() else {
         return Err(CertError::NoCertificate { path: cp });
     };
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::Key {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::Key {
         path: kp.clone(),
         reason: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
     })?;
@@ -213,6 +232,13 @@ pub enum ReloadOutcome {
 }
 
 /// A certificate that can be replaced while serving.
+///
+/// It can also start *pending* ([`ReloadableCert::pending`]): ACME is
+/// enabled and no usable certificate exists yet. A pending certificate
+/// refuses ordinary TLS handshakes (the resolver has nothing to offer) until
+/// the first [`swap`](ReloadableCert::swap) or successful reload; the
+/// placeholder behind [`current`](ReloadableCert::current) has an empty
+/// chain, so nothing publishes its fingerprint.
 #[derive(Debug)]
 pub struct ReloadableCert {
     cert_path: PathBuf,
@@ -220,6 +246,11 @@ pub struct ReloadableCert {
     current: RwLock<Arc<LoadedCert>>,
     /// (mtime, len) of the files at the last load, for change polling.
     stamp: RwLock<Option<(SystemTime, SystemTime, u64, u64)>>,
+    /// No certificate yet (ACME will bring one).
+    pending: AtomicBool,
+    /// Held while someone (ACME) replaces the files, so the change poller
+    /// does not read a half-replaced pair.
+    writing: Mutex<()>,
 }
 
 fn stamp_of(a: &Path, b: &Path) -> Option<(SystemTime, SystemTime, u64, u64)> {
@@ -232,12 +263,7 @@ impl ReloadableCert {
     /// Load the pair now; fails when it cannot be served.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
         let loaded = load_pair(cert_path, key_path, SystemTime::now())?;
-        Ok(ReloadableCert {
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-            current: RwLock::new(Arc::new(loaded)),
-            stamp: RwLock::new(stamp_of(cert_path, key_path)),
-        })
+        Ok(Self::from_loaded(cert_path, key_path, loaded))
     }
 
     /// A pair served from memory (ACME, tests).
@@ -247,6 +273,69 @@ impl ReloadableCert {
             key_path: key_path.to_owned(),
             current: RwLock::new(Arc::new(loaded)),
             stamp: RwLock::new(stamp_of(cert_path, key_path)),
+            pending: AtomicBool::new(false),
+            writing: Mutex::new(()),
+        }
+    }
+
+    /// No certificate yet: refuses ordinary handshakes until one is
+    /// swapped in or the files become loadable (see the type's docs).
+    pub fn pending(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        let key = rcgen::KeyPair::generate().map_err(|e| CertError::Key {
+            path: "(placeholder)".into(),
+            reason: e.to_string(),
+        })?;
+        let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signer = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| CertError::Key {
+                path: "(placeholder)".into(),
+                reason: e.to_string(),
+            })?;
+        let placeholder = LoadedCert {
+            certified: Arc::new(CertifiedKey::new(Vec::new(), signer)),
+            chain: Vec::new(),
+            not_after: 0,
+            names: Vec::new(),
+            leaf_sha256: [0; 32],
+            loaded_at: SystemTime::now(),
+        };
+        let me = Self::from_loaded(cert_path, key_path, placeholder);
+        me.pending.store(true, Ordering::SeqCst);
+        // Files that appear later (ACME, an admin) are picked up by the poller.
+        if let Ok(mut s) = me.stamp.write() {
+            *s = None;
+        }
+        Ok(me)
+    }
+
+    /// True while there is no certificate to serve.
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Hold this while replacing the files: the change poller skips its
+    /// turn instead of reading a half-replaced pair.
+    pub fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember the files' current stamp (after writing them and swapping
+    /// in what they hold), so the poller does not reload them again.
+    pub fn refresh_stamp(&self) {
+        if let Ok(mut s) = self.stamp.write() {
+            *s = stamp_of(&self.cert_path, &self.key_path);
         }
     }
 
@@ -261,6 +350,12 @@ impl ReloadableCert {
     /// Re-read the files; on success swap, on failure keep the old one and
     /// return why.
     pub fn reload(&self) -> Result<ReloadOutcome, CertError> {
+        // Wait for a writer (ACME) to finish replacing the pair.
+        let _writing = self.writing();
+        self.reload_unlocked()
+    }
+
+    fn reload_unlocked(&self) -> Result<ReloadOutcome, CertError> {
         let stamp = stamp_of(&self.cert_path, &self.key_path);
         let loaded = load_pair(&self.cert_path, &self.key_path, SystemTime::now())?;
         if let Ok(mut s) = self.stamp.write() {
@@ -280,6 +375,7 @@ impl ReloadableCert {
             Ok(mut c) => *c = Arc::new(loaded),
             Err(e) => *e.into_inner() = Arc::new(loaded),
         }
+        self.pending.store(false, Ordering::SeqCst);
     }
 
     /// True when the files changed since the last (attempted) load.
@@ -291,6 +387,9 @@ impl ReloadableCert {
 
     /// Seconds until the served certificate expires (negative if expired).
     pub fn expires_in(&self) -> i64 {
+        if self.is_pending() {
+            return 0;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -312,8 +411,12 @@ impl ReloadableCert {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // Someone is replacing the files: look again next tick.
+                let Ok(_writing) = me.writing.try_lock() else {
+                    continue;
+                };
                 if me.files_changed() {
-                    let r = me.reload();
+                    let r = me.reload_unlocked();
                     report(&r);
                 }
             }
@@ -323,6 +426,9 @@ impl ReloadableCert {
 
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.is_pending() {
+            return None;
+        }
         Some(self.current().certified.clone())
     }
 }
@@ -332,11 +438,22 @@ impl ResolvesServerCert for ReloadableCert {
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    server_config_alpn(resolver, &[])
+}
+
+/// [`server_config`] that also accepts the ALPN protocols in `extra`, after
+/// h2 and http/1.1 (so a client offering those never gets an extra one):
+/// `acme-tls/1` for tls-alpn-01.
+pub fn server_config_alpn(
+    resolver: Arc<dyn ResolvesServerCert>,
+    extra: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols.extend(extra.iter().map(|p| p.to_vec()));
     Ok(Arc::new(cfg))
 }

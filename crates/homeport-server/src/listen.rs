@@ -145,8 +145,16 @@ async fn handle(
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+                Ok(Ok(mut tls)) => {
                     let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        // A tls-alpn-01 validation (RFC 8737 section 3): the
+                        // handshake was the answer; no data follows.
+                        tracing::debug!(listener = %l.name, %peer, sni = sni.as_deref().unwrap_or("-"), "answered a tls-alpn-01 validation");
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
                     serve_conn(l.clone(), TokioIo::new(tls), peer, sni, true, watcher).await;
                 }
                 Ok(Err(e)) => {

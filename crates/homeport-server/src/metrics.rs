@@ -22,6 +22,13 @@ pub struct Metrics {
     cert_expiry: Mutex<BTreeMap<String, i64>>,
     /// Free-form gauges (monitoring: federation_ok, key_valid_seconds...).
     gauges: Mutex<BTreeMap<(String, String), f64>>,
+    /// ACME orders by result (`ok`, `unreachable`, `bad_nonce`,
+    /// `rate_limited`, `invalid`, `timeout`, `error`).
+    acme_orders: Mutex<BTreeMap<String, u64>>,
+    /// ACME requests the server refused with `badNonce` (each was retried).
+    acme_bad_nonce: AtomicU64,
+    /// When the next ACME renewal is due (unix seconds; 0 = unknown).
+    acme_next_renewal: AtomicU64,
 }
 
 /// A notary outcome.
@@ -94,6 +101,36 @@ impl Metrics {
         }
     }
 
+    /// Count one ACME order attempt by result.
+    pub fn acme_order(&self, result: &str) {
+        if let Ok(mut m) = self.acme_orders.lock() {
+            *m.entry(result.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// ACME order attempts with this result so far.
+    pub fn acme_orders(&self, result: &str) -> u64 {
+        self.acme_orders
+            .lock()
+            .map(|m| m.get(result).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Count one `badNonce` rejection.
+    pub fn acme_bad_nonce(&self) {
+        self.acme_bad_nonce.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `badNonce` rejections so far.
+    pub fn acme_bad_nonces(&self) -> u64 {
+        self.acme_bad_nonce.load(Ordering::Relaxed)
+    }
+
+    /// Set when the next ACME renewal is due (unix seconds).
+    pub fn acme_next_renewal(&self, unix: u64) {
+        self.acme_next_renewal.store(unix, Ordering::Relaxed);
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -127,6 +164,28 @@ impl Metrics {
             s,
             "# HELP homeport_notary_requests_total Notary answers, by result.\n# TYPE homeport_notary_requests_total counter\nhomeport_notary_requests_total{{result=\"hit\"}} {h}\nhomeport_notary_requests_total{{result=\"miss\"}} {mi}\nhomeport_notary_requests_total{{result=\"error\"}} {e}\n"
         );
+        s.push_str("# HELP homeport_acme_orders_total ACME certificate orders, by result.\n# TYPE homeport_acme_orders_total counter\n");
+        if let Ok(m) = self.acme_orders.lock() {
+            for (result, n) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "homeport_acme_orders_total{{result=\"{}\"}} {n}",
+                    esc(result)
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            "# HELP homeport_acme_bad_nonce_total ACME requests rejected with badNonce and retried.\n# TYPE homeport_acme_bad_nonce_total counter\nhomeport_acme_bad_nonce_total {}\n",
+            self.acme_bad_nonces()
+        );
+        let next = self.acme_next_renewal.load(Ordering::Relaxed);
+        if next > 0 {
+            let _ = write!(
+                s,
+                "# HELP homeport_acme_next_renewal_timestamp_seconds When the next ACME renewal is due.\n# TYPE homeport_acme_next_renewal_timestamp_seconds gauge\nhomeport_acme_next_renewal_timestamp_seconds {next}\n"
+            );
+        }
         if let Ok(m) = self.gauges.lock() {
             let mut last = String::new();
             for ((name, label), v) in m.iter() {
@@ -160,7 +219,17 @@ mod tests {
         m.notary(NotaryResult::Hit);
         m.cert_expiry("0.0.0.0:8448", 3600);
         m.gauge("homeport_federation_ok", "example.org", 1.0);
+        m.acme_order("ok");
+        m.acme_order("rate_limited");
+        m.acme_order("ok");
+        m.acme_bad_nonce();
         let t = m.render();
+        assert!(
+            t.contains("homeport_acme_orders_total{result=\"ok\"} 2"),
+            "{t}"
+        );
+        assert!(t.contains("homeport_acme_orders_total{result=\"rate_limited\"} 1"));
+        assert!(t.contains("homeport_acme_bad_nonce_total 1"));
         assert!(
             t.contains("homeport_http_requests_total{route=\"keys\",status=\"200\"} 2"),
             "{t}"

@@ -12,6 +12,7 @@ use homeport_federation::{ClientConfig, FederationClient, KeyFetcher, MemoryKeyS
 use homeport_resolve::{Resolver, ResolverConfig, TrustConfig};
 use tokio::sync::watch;
 
+use crate::acme::{self, AcmeManager, AcmeResolver, AcmeSettings, AcmeTuning, Challenges};
 use crate::certs::{CertError, ReloadOutcome, ReloadableCert};
 use crate::config::{Config, Database, HostHeaderPolicy, ListenerKind, ResourceName};
 use crate::keyserver::{KeyServer, OldKey};
@@ -62,20 +63,34 @@ pub struct ReloadReport {
     pub signing_keys: Result<usize, String>,
 }
 
+/// Knobs of [`start_with`] that are not config keys.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// ACME timing (tests shorten it).
+    pub acme: AcmeTuning,
+}
+
 /// A running server.
 pub struct Running {
     /// Bound addresses.
     pub addrs: Vec<SocketAddr>,
+    /// The http-01 responder's bound addresses (part of `addrs` too).
+    pub acme_responder_addrs: Vec<SocketAddr>,
     /// The served certificate.
     pub cert: Option<Arc<ReloadableCert>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The ACME manager, when `acme.enabled`.
+    pub acme: Option<Arc<AcmeManager>>,
+    acme_task: Option<tokio::task::JoinHandle<()>>,
+    _serving: Option<acme::ServingMarker>,
     keys: Arc<KeyServer>,
     key_path: PathBuf,
     old: Vec<OldKey>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    monitor: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -146,6 +161,18 @@ pub fn outbound(cfg: &Config) -> Result<(ResolverConfig, TlsPolicy), ServeError>
 
 /// Start serving `cfg`.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
+    start_with(cfg, StartOptions::default()).await
+}
+
+/// Start serving `cfg` with `opts`.
+///
+/// With `acme.enabled`, every socket is bound here, before any certificate
+/// exists: a port conflict fails the start, the http-01 responder and (for
+/// tls-alpn-01) the TLS listener answer challenges at once, and while the
+/// certificate is pending ordinary TLS handshakes are refused until ACME
+/// swaps the first certificate in (no restart, no placeholder certificate
+/// on the wire).
+pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, ServeError> {
     let keys = read_signing_keys(&cfg.signing_key_path)?;
     let old: Vec<OldKey> = cfg
         .old_signing_keys
@@ -163,7 +190,19 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         cfg.key_refresh_interval,
     ));
     let any_tls = cfg.listeners.iter().any(|l| l.tls);
-    let cert = if any_tls {
+    let acme_settings = if cfg.acme.enabled {
+        Some(AcmeSettings::from_config(cfg).map_err(|e| ServeError::Setup(e.to_string()))?)
+    } else {
+        None
+    };
+    let challenges = Arc::new(Challenges::default());
+    let acme_cert = match &acme_settings {
+        Some(s) => Some(Arc::new(acme::initial_cert(s)?)),
+        None => None,
+    };
+    let cert = if let Some(c) = &acme_cert {
+        any_tls.then(|| c.clone())
+    } else if any_tls {
         match (&cfg.tls_certificate_path, &cfg.tls_private_key_path) {
             (Some(c), Some(k)) => Some(Arc::new(ReloadableCert::load(c, k)?)),
             _ => {
@@ -240,12 +279,23 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         synapse_admin: cfg.proxy.as_ref().is_some_and(|p| p.synapse_admin),
         metrics: metrics.clone(),
     });
+    let tls_alpn = cfg.acme.enabled && cfg.acme.challenge == crate::config::Challenge::TlsAlpn01;
     let tls_cfg = match &cert {
+        Some(c) if tls_alpn => Some(
+            crate::certs::server_config_alpn(
+                Arc::new(AcmeResolver::new(c.clone(), challenges.clone())),
+                &[acme::ACME_TLS_ALPN],
+            )
+            .map_err(|e| ServeError::Setup(e.to_string()))?,
+        ),
         Some(c) => Some(
             crate::certs::server_config(c.clone()).map_err(|e| ServeError::Setup(e.to_string()))?,
         ),
         None => None,
     };
+    let http01 = cfg.acme.enabled && cfg.acme.challenge == crate::config::Challenge::Http01;
+    let tester = crate::services::tester_router(cfg, store.clone(), metrics.clone())?;
+    let monitor = crate::services::monitor_task(cfg, metrics.clone())?;
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for l in &cfg.listeners {
@@ -256,7 +306,13 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
                 .collect::<Vec<_>>(),
             l.kind,
         );
-        let router = routes::router(state.clone(), res);
+        let extra = if res.tester { tester.clone() } else { None };
+        let mut router = routes::router_with(state.clone(), res, extra);
+        if http01 && !l.tls {
+            // Every plain listener answers http-01 too (a port-80 listener
+            // of the config is the responder).
+            router = router.merge(acme::challenge_router(challenges.clone()));
+        }
         for ip in &l.bind_addresses {
             let addr = SocketAddr::new(*ip, l.port);
             let socket = listen::bind(addr).map_err(|e| ServeError::Bind {
@@ -275,8 +331,54 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             });
         }
     }
+    let mut acme_responder_addrs = Vec::new();
+    if cfg.acme.enabled {
+        for addr in acme::responder_addrs(cfg) {
+            let socket = listen::bind(addr).map_err(|e| ServeError::Bind {
+                addr,
+                reason: format!("{e} (the acme http-01 responder: acme.port, acme.bind_addresses)"),
+            })?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            addrs.push(bound);
+            acme_responder_addrs.push(bound);
+            listeners.push(Listener {
+                name: format!("acme {bound}"),
+                socket,
+                tls: None,
+                router: acme::responder_router(challenges.clone()),
+                x_forwarded: false,
+                trusted_proxies: Vec::new(),
+            });
+        }
+    }
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(listen::serve(listeners, stop_rx, Duration::from_secs(10)));
+    let task = tokio::spawn(listen::serve(
+        listeners,
+        stop_rx.clone(),
+        Duration::from_secs(10),
+    ));
+    let mut serving = None;
+    let (acme_manager, acme_task) = match (acme_settings, &acme_cert) {
+        (Some(s), Some(c)) => {
+            serving = match acme::ServingMarker::take(&s) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %s.serving_path().display(), "cannot mark this server as running; `homeport acme renew` will not find it");
+                    None
+                }
+            };
+            let m = AcmeManager::new(
+                s,
+                opts.acme.clone(),
+                c.clone(),
+                challenges.clone(),
+                metrics.clone(),
+            );
+            let t = m.spawn(stop_rx);
+            (Some(m), Some(t))
+        }
+        _ => (None, None),
+    };
     let watcher = cert.as_ref().map(|c| {
         let m = metrics.clone();
         c.watch(Duration::from_secs(5), move |r| {
@@ -289,14 +391,19 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     }
     Ok(Running {
         addrs,
+        acme_responder_addrs,
         cert,
         metrics,
+        acme: acme_manager,
+        acme_task,
+        _serving: serving,
         keys: keyserver,
         key_path: cfg.signing_key_path.clone(),
         old,
         stop,
         task,
         watcher,
+        monitor,
     })
 }
 
@@ -343,6 +450,12 @@ impl Running {
         let _ = self.stop.send(true);
         if let Some(w) = self.watcher {
             w.abort();
+        }
+        if let Some(m) = self.monitor {
+            m.abort();
+        }
+        if let Some(t) = self.acme_task {
+            t.abort();
         }
         let _ = self.task.await;
     }

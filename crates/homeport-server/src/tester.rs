@@ -224,13 +224,14 @@ impl Tester {
         let key = name.to_lowercase();
         if !no_cache
             && let Ok(Some(v)) = self.store.kv_get("tester", &key, now_ms())
-                && let (Some(full), Some(compat)) = (v.get("full"), v.get("compat")) {
-                    return Ok(Arc::new(Rendered {
-                        full: full.clone(),
-                        compat: compat.clone(),
-                        ok: full["ok"].as_bool().unwrap_or(false),
-                    }));
-                }
+            && let (Some(full), Some(compat)) = (v.get("full"), v.get("compat"))
+        {
+            return Ok(Arc::new(Rendered {
+                full: full.clone(),
+                compat: compat.clone(),
+                ok: full["ok"].as_bool().unwrap_or(false),
+            }));
+        }
         let r = self
             .flight
             .run(key.clone(), || async {

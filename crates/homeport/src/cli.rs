@@ -111,6 +111,28 @@ pub enum Command {
         check_config: bool,
     },
 
+    /// Automatic certificates (ACME v2): show their state, or renew now.
+    ///
+    /// Reads the `acme:` section of FILE (default ./homeport.yaml; see
+    /// docs/acme.md). `status` prints the certificate's names and expiry,
+    /// when renewal is due, the last attempt and the last error (kept in
+    /// `<account_key_file>.state.json` by `homeport serve`). `renew` orders
+    /// a certificate now if one is due, or even if not with --force; when
+    /// `homeport serve` runs with the same config on this machine, the
+    /// request is handed to it (it holds the challenge ports) and the
+    /// command waits for the result, otherwise the order runs in this
+    /// process. Exit status: status 0 when a valid certificate is on disk
+    /// and the last attempt did not fail, else 1; renew 0 when renewed or
+    /// not due, 1 when the order failed; 2 for a bad config or acme not
+    /// enabled.
+    #[command(
+        after_help = "Examples:\n  homeport acme status --config /etc/homeport/homeport.yaml\n  homeport acme renew --force"
+    )]
+    Acme {
+        #[command(subcommand)]
+        action: AcmeAction,
+    },
+
     /// Write a commented homeport.yaml and a new signing key.
     ///
     /// Writes DIR/homeport.yaml and DIR/NAME.signing.key (Synapse format,
@@ -336,5 +358,38 @@ pub enum Command {
         /// Input file; `-` or nothing reads stdin.
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
+    },
+}
+
+/// `homeport acme` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AcmeAction {
+    /// Certificate names, expiry, next renewal, last attempt and last error.
+    Status {
+        /// The configuration file.
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            default_value = "homeport.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Order a certificate now (if due; with --force, even if not).
+    Renew {
+        /// The configuration file.
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            default_value = "homeport.yaml"
+        )]
+        config: PathBuf,
+        /// Renew even when the certificate is not due.
+        #[arg(long)]
+        force: bool,
+        /// Bound on the whole command (500ms, 10s, 2m).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }

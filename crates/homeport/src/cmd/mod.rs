@@ -1,6 +1,7 @@
 //! One function per command: parse arguments into library types, call the
 //! library, print, map the outcome to an exit status.
 
+mod acme;
 mod check;
 mod input;
 mod json_tools;
@@ -23,6 +24,14 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             config,
             check_config,
         } => serve::run(&config, check_config),
+        Command::Acme { action } => match action {
+            crate::cli::AcmeAction::Status { config } => acme::status(&config),
+            crate::cli::AcmeAction::Renew {
+                config,
+                force,
+                timeout,
+            } => acme::renew(&config, force, timeout),
+        },
         Command::Init { server_name, dir } => serve::init(&server_name, &dir),
         Command::Lab {
             json,

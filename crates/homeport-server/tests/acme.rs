@@ -1,0 +1,1107 @@
+//! ACME against a real ACME server: Debian's `pebble` (installed by
+//! `.ci/run`), one per test on its own 127.0.0.x, with its certificate
+//! made by a throwaway CA, `PEBBLE_VA_NOSLEEP=1`, the default 5 % badNonce
+//! rejection, and `-dnsserver` pointing at an in-process DNS server whose
+//! A records send pebble's validation to homeport on the same address.
+//! Never the system resolver. Every test is bounded in time and stops the
+//! pebble it started (by PID, on drop).
+//!
+//! Without `pebble` on PATH the tests say so on stderr and pass (CI has it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use homeport_core::signing::{self, SigningKey};
+use homeport_server::acme::{self, AcmeTuning, FailureKind};
+use homeport_server::config;
+use homeport_server::serve::{self, Running, StartOptions};
+use homeport_test_support::{DnsServer, IssueOpts, RecordType, TestCa, Zone, next_loopback};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName as TlsName};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const DOMAIN: &str = "hs1.acme.test";
+/// Upper bound on any one test.
+const TEST_BUDGET: Duration = Duration::from_secs(120);
+
+fn pebble_available() -> bool {
+    let found = Command::new("pebble")
+        .arg("-help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        // CI installs pebble (.ci/run): a missing one there is a failure,
+        // not a skip.
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but `pebble` is not on PATH: .ci/run should have installed it"
+        );
+        eprintln!(
+            "SKIPPED: `pebble` is not on PATH; install Debian's pebble (`apt-get install pebble`, \
+             as .ci/run does) to run the ACME tests"
+        );
+    }
+    found
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tuning() -> AcmeTuning {
+    AcmeTuning {
+        request_timeout: Duration::from_secs(5),
+        validation_timeout: Duration::from_secs(20),
+        order_timeout: Duration::from_secs(40),
+        backoff_base: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(2),
+        lock_retry: Duration::from_millis(300),
+        request_poll: Duration::from_millis(200),
+    }
+}
+
+/// A pebble process on `ip`.
+struct Pebble {
+    env: Vec<(&'static str, &'static str)>,
+    child: Option<Child>,
+    ip: Ipv4Addr,
+    port: u16,
+    mgmt: u16,
+    config: PathBuf,
+    log: PathBuf,
+    dns: SocketAddr,
+    wfe_ca: TestCa,
+    wfe_ca_file: PathBuf,
+}
+
+impl Pebble {
+    fn start(
+        dir: &Path,
+        ip: Ipv4Addr,
+        dns: SocketAddr,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+    ) -> Pebble {
+        Self::start_env(dir, ip, dns, http_port, tls_port, validity, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_env(
+        dir: &Path,
+        ip: Ipv4Addr,
+        dns: SocketAddr,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+        env: &[(&'static str, &'static str)],
+    ) -> Pebble {
+        let wfe_ca = TestCa::new("pebble WFE test CA").unwrap();
+        let wfe = wfe_ca.issue(&[&ip.to_string(), "localhost"]).unwrap();
+        std::fs::write(dir.join("wfe.crt"), wfe.chain_pem()).unwrap();
+        std::fs::write(dir.join("wfe.key"), wfe.key_pem()).unwrap();
+        let wfe_ca_file = dir.join("pebble-wfe-ca.pem");
+        std::fs::write(&wfe_ca_file, wfe_ca.cert_pem()).unwrap();
+        let port = free_port(ip);
+        let mgmt = free_port(ip);
+        let mut cfg = serde_json::json!({"pebble": {
+            "listenAddress": format!("{ip}:{port}"),
+            "managementListenAddress": format!("{ip}:{mgmt}"),
+            "certificate": dir.join("wfe.crt"),
+            "privateKey": dir.join("wfe.key"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        if let Some(v) = validity {
+            cfg["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        let config = dir.join("pebble.json");
+        std::fs::write(&config, cfg.to_string()).unwrap();
+        let mut p = Pebble {
+            env: env.to_vec(),
+            child: None,
+            ip,
+            port,
+            mgmt,
+            config,
+            log: dir.join("pebble.log"),
+            dns,
+            wfe_ca,
+            wfe_ca_file,
+        };
+        p.run();
+        p
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&self.config)
+            .arg("-dnsserver")
+            .arg(self.dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .envs(self.env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect((self.ip, self.port)).is_err()
+            || std::net::TcpStream::connect((self.ip, self.mgmt)).is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn directory(&self) -> String {
+        format!("https://{}:{}/dir", self.ip, self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The issuing root (new at every start), fetched trusting the WFE CA.
+    async fn root(&self) -> RootCertStore {
+        let body = https_get(
+            SocketAddr::new(IpAddr::V4(self.ip), self.mgmt),
+            &self.ip.to_string(),
+            "/roots/0",
+            homeport_test_support::client_config(&self.wfe_ca).unwrap(),
+        )
+        .await;
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(body.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        assert!(!roots.is_empty(), "no root in {body}");
+        roots
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = TlsName::try_from(host.to_owned()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The leaf homeport serves at `addr` for SNI `DOMAIN`, verified against
+/// `roots`.
+async fn served_leaf(addr: SocketAddr, roots: &RootCertStore) -> Result<Vec<u8>, String> {
+    let cfg = homeport_test_support::client_config_with(roots.clone(), &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(cfg).connect(TlsName::try_from(DOMAIN).unwrap(), tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let certs = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no certificate")?;
+    Ok(certs[0].as_ref().to_vec())
+}
+
+/// Wait until `addr` serves a certificate `roots` trust, other than `not`.
+async fn wait_served(
+    addr: SocketAddr,
+    roots: &RootCertStore,
+    not: Option<&[u8]>,
+    within: Duration,
+    why: &dyn Fn() -> String,
+) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    loop {
+        match served_leaf(addr, roots).await {
+            Ok(l) if Some(l.as_slice()) != not => return l,
+            _ if Instant::now() > deadline => {
+                panic!("no new certificate within {within:?}\n{}", why())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> bool,
+    why: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            why()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn leaf_names(der: &[u8]) -> Vec<String> {
+    homeport_server::certs::leaf_facts(&CertificateDer::from(der.to_vec()))
+        .unwrap()
+        .2
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(b).into()
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    ip: Ipv4Addr,
+    tls_port: u16,
+    /// The http-01 responder's port (acme.port).
+    http_port: u16,
+    /// A plain listener of the config.
+    plain_port: u16,
+    /// acme.port is the plain listener's: no separate responder.
+    plain_is_responder: bool,
+}
+
+impl Site {
+    fn new() -> Site {
+        let ip = next_loopback();
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate("a_1").unwrap();
+        std::fs::write(
+            dir.path().join("hs.signing.key"),
+            signing::format_key_file(&[key]),
+        )
+        .unwrap();
+        Site {
+            ip,
+            tls_port: free_port(ip),
+            http_port: free_port(ip),
+            plain_port: free_port(ip),
+            plain_is_responder: false,
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn acme_port(&self) -> u16 {
+        if self.plain_is_responder {
+            self.plain_port
+        } else {
+            self.http_port
+        }
+    }
+
+    fn plain_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), self.plain_port)
+    }
+
+    fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), self.tls_port)
+    }
+
+    fn config(&self, pebble: &Pebble, challenge: &str, threshold: &str) -> config::Config {
+        self.config_for(
+            &pebble.directory(),
+            &pebble.wfe_ca_file,
+            challenge,
+            threshold,
+        )
+    }
+
+    fn config_for(
+        &self,
+        directory: &str,
+        ca_file: &Path,
+        challenge: &str,
+        threshold: &str,
+    ) -> config::Config {
+        let text = format!(
+            r#"server_name: {DOMAIN}
+signing_key_path: ./hs.signing.key
+tls_certificate_path: ./tls.crt
+tls_private_key_path: ./tls.key
+listeners:
+  - port: {tls}
+    bind_addresses: ['{ip}']
+    type: http
+    tls: true
+    resources: [{{names: [federation, metrics]}}]
+  - port: {plain}
+    bind_addresses: ['{ip}']
+    type: http
+    resources: [{{names: [client]}}]
+acme:
+  enabled: true
+  url: {url}
+  directory_ca_file: {ca}
+  contact: ['mailto:admin@acme.test']
+  account_key_file: ./acme_account.key
+  reprovision_threshold: {threshold}
+  challenge: {challenge}
+  port: {http}
+  bind_addresses: ['{ip}']
+database: {{name: sqlite3, args: {{database: ':memory:'}}}}
+"#,
+            tls = self.tls_port,
+            ip = self.ip,
+            url = directory,
+            ca = ca_file.display(),
+            http = self.acme_port(),
+            plain = self.plain_port,
+        );
+        let path = self.path("homeport.yaml");
+        std::fs::write(&path, text).unwrap();
+        config::load(&path).unwrap()
+    }
+
+    async fn start(&self, cfg: &config::Config) -> Running {
+        serve::start_with(cfg, StartOptions { acme: tuning() })
+            .await
+            .unwrap()
+    }
+
+    fn state(&self) -> acme::AcmeState {
+        serde_json::from_slice(
+            &std::fs::read(self.path("acme_account.key.state.json")).unwrap_or_default(),
+        )
+        .unwrap_or_default()
+    }
+}
+
+fn dns_for(ip: Ipv4Addr, target: Ipv4Addr) -> DnsServer {
+    DnsServer::start(IpAddr::V4(ip), Zone::new().a(DOMAIN, target)).unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn orders(r: &Running, result: &str) -> u64 {
+    r.metrics.acme_orders(result)
+}
+
+macro_rules! bounded {
+    ($body:expr) => {
+        tokio::time::timeout(TEST_BUDGET, $body)
+            .await
+            .expect("the test ran over its time budget")
+    };
+}
+
+/// http-01, starting with no certificate and pebble not up yet: the
+/// responder answers and TLS handshakes are refused while pending, the
+/// first orders fail as unreachable, and as soon as pebble is up the
+/// certificate is issued, written (key 0600) and served without restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_first_issuance() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let dns = dns_for(site.ip, site.ip);
+        let mut pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+        );
+        pebble.stop();
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+
+        // Pending: no certificate on the wire, the responder is up.
+        let cert = running.cert.clone().unwrap();
+        assert!(cert.is_pending());
+        assert!(
+            served_leaf(site.tls_addr(), &RootCertStore::empty())
+                .await
+                .is_err()
+        );
+        let resp = reqwest_plain(
+            running.acme_responder_addrs[0],
+            "/.well-known/acme-challenge/nope",
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // Plain listeners of the config answer the challenge path too.
+        let resp = reqwest_plain(site.plain_addr(), "/.well-known/acme-challenge/nope").await;
+        assert!(resp.contains("no such ACME challenge token"), "{resp}");
+        wait_for(
+            "an unreachable failure",
+            Duration::from_secs(20),
+            || orders(&running, "unreachable") > 0,
+            &why,
+        )
+        .await;
+        let st = site.state();
+        let err = st.last_error.unwrap().failure.unwrap();
+        assert_eq!(err.kind, FailureKind::Unreachable);
+        assert!(!site.path("tls.crt").exists() && !site.path("tls.key").exists());
+
+        pebble.run();
+        let roots = pebble.root().await;
+        let leaf = wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        assert_eq!(leaf_names(&leaf), vec![DOMAIN.to_owned()]);
+        assert!(!cert.is_pending());
+        // On disk: the same certificate; key and account key 0600.
+        let on_disk = homeport_server::certs::load_pair(
+            &site.path("tls.crt"),
+            &site.path("tls.key"),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(on_disk.leaf_sha256, sha(&leaf));
+        assert!(
+            on_disk.chain.len() >= 2,
+            "the chain includes pebble's intermediate"
+        );
+        assert_eq!(mode(&site.path("tls.key")), 0o600);
+        assert_eq!(mode(&site.path("acme_account.key")), 0o600);
+        assert_eq!(orders(&running, "ok"), 1);
+        let st = site.state();
+        assert!(
+            st.last_success.is_some() && st.last_error.is_none(),
+            "{st:?}"
+        );
+        assert!(st.account_url.is_some());
+        assert_eq!(st.names, vec![DOMAIN.to_owned()]);
+        assert!(st.next_renewal.unwrap() > st.last_success.unwrap());
+        // pebble asked our DNS, never the system's.
+        assert!(dns.query_count(DOMAIN, RecordType::A) > 0);
+        let metrics = running.metrics.render();
+        assert!(
+            metrics.contains("homeport_acme_orders_total{result=\"ok\"} 1"),
+            "{metrics}"
+        );
+        eprintln!(
+            "badNonce rejections retried during this test: {}",
+            running.metrics.acme_bad_nonces()
+        );
+        running.shutdown().await;
+    });
+}
+
+async fn reqwest_plain(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// tls-alpn-01 answered on the TLS listener itself; afterwards ordinary
+/// handshakes get the issued certificate and an `acme-tls/1`-only
+/// handshake with no challenge pending is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_first_issuance() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let dns = dns_for(site.ip, site.ip);
+        let pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+        );
+        let cfg = site.config(&pebble, "tls-alpn-01", "30d");
+        let running = site.start(&cfg).await;
+        assert!(
+            running.acme_responder_addrs.is_empty(),
+            "no http-01 responder"
+        );
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+        let leaf = wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        assert_eq!(leaf_names(&leaf), vec![DOMAIN.to_owned()]);
+        assert_eq!(orders(&running, "ok"), 1);
+        assert_eq!(mode(&site.path("tls.key")), 0o600);
+        // A normal request over the listener works.
+        let cfgc =
+            homeport_test_support::client_config_with(roots.clone(), &[b"http/1.1"]).unwrap();
+        let body = https_get(site.tls_addr(), DOMAIN, "/_matrix/key/v2/server", cfgc).await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        // acme-tls/1 alone, nothing pending: refused.
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        c.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(site.tls_addr())
+            .await
+            .unwrap();
+        let r = tokio_rustls::TlsConnector::from(Arc::new(c))
+            .connect(TlsName::try_from(DOMAIN).unwrap(), tcp)
+            .await;
+        assert!(
+            r.is_err(),
+            "acme-tls/1 handshake without a challenge must fail"
+        );
+        running.shutdown().await;
+    });
+}
+
+/// A short certificate lifetime and a threshold longer than it: homeport
+/// renews (at a third of the lifetime left, not continuously) and the
+/// listener serves the new certificate without restart while a client
+/// keeps connecting, none of whose handshakes fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_swaps_without_restart_under_load() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let dns = dns_for(site.ip, site.ip);
+        let pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            Some(15),
+        );
+        let cfg = site.config(&pebble, "http-01", "1h");
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+        let first = wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        let issued_at = Instant::now();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let client = {
+            let (stop, ok, failed, roots, addr) = (
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                roots.clone(),
+                site.tls_addr(),
+            );
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match served_leaf(addr, &roots).await {
+                        Ok(l) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                            if !seen.contains(&l) {
+                                seen.push(l);
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("handshake failed: {e}");
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                seen
+            })
+        };
+        let second = wait_served(
+            site.tls_addr(),
+            &roots,
+            Some(&first),
+            Duration::from_secs(40),
+            &why,
+        )
+        .await;
+        let after = issued_at.elapsed();
+        // Renewed at about 2/3 of the 15 s lifetime, not at once.
+        assert!(
+            after >= Duration::from_secs(5),
+            "renewed after {after:?}: too early"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let seen = client.await.unwrap();
+        assert_eq!(
+            failed.load(Ordering::SeqCst),
+            0,
+            "a handshake failed during renewal"
+        );
+        assert!(ok.load(Ordering::SeqCst) > 20);
+        assert!(
+            seen.contains(&first) && seen.contains(&second),
+            "the client saw both certificates"
+        );
+        assert!(orders(&running, "ok") >= 2);
+        let on_disk = homeport_server::certs::load_pair(
+            &site.path("tls.crt"),
+            &site.path("tls.key"),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(on_disk.leaf_sha256, sha(&second));
+        running.shutdown().await;
+    });
+}
+
+/// The account key is created once and reused: a restarted server (and a
+/// forced renewal) talks to pebble as the same account. Here acme.port is
+/// a plain listener's port, so that listener answers http-01 (no separate
+/// responder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_key_reused_after_restart() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let mut site = Site::new();
+        site.plain_is_responder = true;
+        let dns = dns_for(site.ip, site.ip);
+        let pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.plain_port,
+            site.tls_port,
+            None,
+        );
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+
+        let running = site.start(&cfg).await;
+        assert!(running.acme_responder_addrs.is_empty());
+        let first = wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        let key1 = std::fs::read(site.path("acme_account.key")).unwrap();
+        let account1 = site.state().account_url.unwrap();
+        running.shutdown().await;
+
+        // Restart: the valid certificate is served at once, nothing ordered.
+        let running = site.start(&cfg).await;
+        assert_eq!(served_leaf(site.tls_addr(), &roots).await.unwrap(), first);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(orders(&running, "ok"), 0, "not due: no order");
+        // Forced renewal with the same account.
+        let r = running
+            .acme
+            .as_ref()
+            .unwrap()
+            .renew_now(true)
+            .await
+            .unwrap();
+        assert!(matches!(r, acme::Renewal::Renewed { .. }), "{r:?}");
+        let second = served_leaf(site.tls_addr(), &roots).await.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(site.path("acme_account.key")).unwrap(), key1);
+        assert_eq!(site.state().account_url.unwrap(), account1);
+        running.shutdown().await;
+    });
+}
+
+/// pebble dies while validating: the old certificate stays served and on
+/// disk, the failure is recorded, and the retry succeeds once pebble is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_stopped_mid_order_keeps_old_certificate() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        // DNS that never answers for the domain: validation hangs, so the
+        // order is certainly in flight when pebble is stopped.
+        let dns = DnsServer::start(IpAddr::V4(site.ip), Zone::new().timeout(DOMAIN)).unwrap();
+        let mut pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+        );
+        let old_ca = TestCa::new("old CA").unwrap();
+        let old = old_ca
+            .issue_with(
+                &[DOMAIN],
+                IssueOpts::valid_around_now(
+                    Duration::from_secs(29 * 86_400),
+                    Duration::from_secs(86_400),
+                ),
+            )
+            .unwrap();
+        std::fs::write(site.path("tls.crt"), old.chain_pem()).unwrap();
+        std::fs::write(site.path("tls.key"), old.key_pem()).unwrap();
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let old_roots = homeport_test_support::client_roots(&old_ca);
+        assert_eq!(
+            served_leaf(site.tls_addr(), &old_roots).await.unwrap(),
+            old.leaf().as_ref()
+        );
+
+        wait_for(
+            "pebble to start validating",
+            Duration::from_secs(20),
+            || dns.queries().iter().any(|q| q.name == DOMAIN),
+            &why,
+        )
+        .await;
+        pebble.stop();
+        wait_for(
+            "the failure to be recorded",
+            Duration::from_secs(30),
+            || site.state().last_error.is_some(),
+            &|| format!("{:?}", site.state()),
+        )
+        .await;
+        let failures: u64 = ["unreachable", "timeout", "error", "invalid"]
+            .iter()
+            .map(|r| orders(&running, r))
+            .sum();
+        assert!(failures >= 1);
+        assert_eq!(
+            served_leaf(site.tls_addr(), &old_roots).await.unwrap(),
+            old.leaf().as_ref()
+        );
+        assert_eq!(
+            std::fs::read_to_string(site.path("tls.crt")).unwrap(),
+            old.chain_pem()
+        );
+        assert_eq!(
+            std::fs::read_to_string(site.path("tls.key")).unwrap(),
+            old.key_pem()
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(site.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        eprintln!("recorded: {:?}", site.state().last_error);
+
+        // DNS fixed, pebble back: the retry (with back-off) succeeds.
+        dns.zone().replace(Zone::new().a(DOMAIN, site.ip)).unwrap();
+        pebble.run();
+        let roots = pebble.root().await;
+        let leaf = wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        assert_eq!(leaf_names(&leaf), vec![DOMAIN.to_owned()]);
+        let st = site.state();
+        assert!(
+            st.last_error.is_none() && st.consecutive_failures == 0,
+            "{st:?}"
+        );
+        assert_eq!(orders(&running, "ok"), 1);
+        running.shutdown().await;
+    });
+}
+
+/// The challenge cannot succeed (the name points where nothing listens):
+/// a clear error naming the domain and pebble's problem, counted as
+/// `invalid`, and no certificate file is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_challenge_touches_no_files() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let nowhere = next_loopback();
+        let dns = dns_for(site.ip, nowhere);
+        let pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+        );
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_for(
+            "an invalid order",
+            Duration::from_secs(40),
+            || orders(&running, "invalid") > 0,
+            &why,
+        )
+        .await;
+        let st = site.state();
+        let err = st.last_error.unwrap().failure.unwrap();
+        eprintln!(
+            "error: {}\nproblem: {}",
+            err.message,
+            err.problem.clone().unwrap_or_default()
+        );
+        assert_eq!(err.kind, FailureKind::Invalid);
+        assert!(err.message.contains(DOMAIN), "{}", err.message);
+        let problem = err.problem.unwrap().to_string();
+        assert!(problem.contains("urn:ietf:params:acme:error:"), "{problem}");
+        assert!(!site.path("tls.crt").exists());
+        assert!(!site.path("tls.key").exists());
+        assert!(running.cert.as_ref().unwrap().is_pending());
+        running.shutdown().await;
+    });
+}
+
+/// While another instance holds the order lock, nothing is ordered; once
+/// it is released, this instance orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_held_elsewhere_means_no_order() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let dns = dns_for(site.ip, site.ip);
+        let pebble = Pebble::start(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+        );
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let lock = acme::try_order_lock(&site.path("tls.crt.acme.lock"))
+            .unwrap()
+            .unwrap();
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(orders(&running, "ok"), 0);
+        assert!(site.state().last_attempt.is_none());
+        assert!(!site.path("tls.crt").exists());
+        drop(lock);
+        let roots = pebble.root().await;
+        wait_served(site.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        assert_eq!(orders(&running, "ok"), 1);
+
+        // A renew request (what `homeport acme renew --force` sends) is
+        // handled by the running server.
+        let settings = running.acme.as_ref().unwrap().settings().clone();
+        assert!(acme::serve_running(&settings));
+        let id = acme::request_renewal(&settings, true).unwrap();
+        wait_for(
+            "the renew request to be handled",
+            Duration::from_secs(40),
+            || {
+                site.state()
+                    .handled_request
+                    .is_some_and(|h| h.id == id && h.ok)
+            },
+            &why,
+        )
+        .await;
+        assert_eq!(orders(&running, "ok"), 2);
+        running.shutdown().await;
+        assert!(!acme::serve_running(&settings));
+    });
+}
+
+/// pebble rejecting 40 % of nonces: every rejection is retried and
+/// counted, an order that still fails on badNonce is retried with
+/// back-off, and the certificate arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nonces_are_retried_and_counted() {
+    if !pebble_available() {
+        return;
+    }
+    bounded!(async {
+        let site = Site::new();
+        let dns = dns_for(site.ip, site.ip);
+        let pebble = Pebble::start_env(
+            site.dir.path(),
+            site.ip,
+            dns.addr(),
+            site.http_port,
+            site.tls_port,
+            None,
+            &[("PEBBLE_WFE_NONCEREJECT", "40")],
+        );
+        let cfg = site.config(&pebble, "http-01", "30d");
+        let running = site.start(&cfg).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+        wait_served(site.tls_addr(), &roots, None, Duration::from_secs(60), &why).await;
+        let rejected = running.metrics.acme_bad_nonces();
+        eprintln!(
+            "badNonce rejections: {rejected}; orders failed on badNonce: {}",
+            orders(&running, "bad_nonce")
+        );
+        assert!(rejected > 0);
+        assert!(
+            running
+                .metrics
+                .render()
+                .contains("homeport_acme_bad_nonce_total")
+        );
+        assert_eq!(orders(&running, "ok"), 1);
+        running.shutdown().await;
+    });
+}
+
+/// `rateLimited` with Retry-After (pebble has no rate limits, so a scripted
+/// ACME server answers newAccount with 429): classified, persisted with
+/// the problem document, and not retried before Retry-After even though
+/// the back-off alone would retry within a second. No pebble needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_waits_for_retry_after() {
+    use homeport_test_support::{Handler, HttpsServer, Scripted};
+    bounded!(async {
+        let site = Site::new();
+        let ca = TestCa::new("scripted ACME CA").unwrap();
+        let ca_file = ca.write_pem(site.dir.path()).unwrap();
+        let cert = ca.issue(&[&site.ip.to_string()]).unwrap();
+        let base = Arc::new(std::sync::Mutex::new(String::new()));
+        let b = base.clone();
+        let server = HttpsServer::start(
+            SocketAddr::new(IpAddr::V4(site.ip), 0),
+            cert,
+            Handler::new(move |r| {
+                let base = b.lock().unwrap().clone();
+                match r.path() {
+                    "/dir" => Scripted::json(serde_json::json!({
+                        "newNonce": format!("{base}/nonce"),
+                        "newAccount": format!("{base}/acct"),
+                        "newOrder": format!("{base}/order"),
+                        "revokeCert": format!("{base}/revoke"),
+                        "keyChange": format!("{base}/key"),
+                    })),
+                    "/nonce" => Scripted::new(200).header("Replay-Nonce", "bm9uY2U"),
+                    _ => Scripted::json(serde_json::json!({
+                        "type": "urn:ietf:params:acme:error:rateLimited",
+                        "detail": "too many new accounts from this address",
+                        "status": 429
+                    }))
+                    .with_status(429)
+                    .header("Content-Type", "application/problem+json")
+                    .header("Retry-After", "120")
+                    .header("Replay-Nonce", "bm9uY2Uy"),
+                }
+            }),
+        )
+        .unwrap();
+        *base.lock().unwrap() = format!("https://{}", server.addr());
+        let cfg = site.config_for(&server.url("/dir"), &ca_file, "http-01", "30d");
+        let running = site.start(&cfg).await;
+        wait_for(
+            "a rate_limited failure",
+            Duration::from_secs(20),
+            || orders(&running, "rate_limited") > 0,
+            &|| format!("{:?}", site.state()),
+        )
+        .await;
+        let st = site.state();
+        let err = st.last_error.clone().unwrap().failure.unwrap();
+        assert_eq!(err.kind, FailureKind::RateLimited);
+        assert_eq!(err.retry_after, Some(120));
+        assert!(
+            err.message.contains("too many new accounts"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            err.problem.unwrap()["type"],
+            "urn:ietf:params:acme:error:rateLimited"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let st = site.state();
+        assert!(st.next_retry.unwrap() >= now + 115, "{st:?}");
+        let posts = server
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/acct")
+            .count();
+        assert_eq!(posts, 1, "retried before Retry-After");
+        assert_eq!(orders(&running, "rate_limited"), 1);
+        assert!(!site.path("tls.crt").exists() && !site.path("tls.key").exists());
+        running.shutdown().await;
+    });
+}
