@@ -209,6 +209,11 @@ fn verify(c: &mut Criterion) {
     g.bench_function("dalek2_verify_strict", |b| {
         b.iter(|| vk.verify_strict(black_box(&bytes), &sig2).unwrap())
     });
+    // homeport's strict check (signing::verify_strict: small-order R and A
+    // tests, then dalek's plain verify) over the same bytes.
+    g.bench_function("homeport_verify_strict_bytes", |b| {
+        b.iter(|| signing::verify_strict(&vk, black_box(&bytes), &sig2).unwrap())
+    });
     g.bench_function("dalek2_verify", |b| {
         use ed25519_dalek::Verifier as _;
         b.iter(|| vk.verify(black_box(&bytes), &sig2).unwrap())
@@ -256,6 +261,9 @@ fn breakdown(c: &mut Criterion) {
     g.bench_function("dalek3_public_key_from_bytes", |b| {
         b.iter(|| ed25519_dalek_3::VerifyingKey::from_bytes(black_box(&pk)).unwrap())
     });
+    // The per-call weak-key test homeport's verify_strict keeps.
+    let vk = key.verifying_key();
+    g.bench_function("dalek2_is_weak", |b| b.iter(|| black_box(&vk).is_weak()));
     g.bench_function("homeport_base64_decode_sig", |b| {
         b.iter(|| homeport_core::base64::decode_array::<64>(black_box(&sig_b64)).unwrap())
     });
@@ -491,6 +499,12 @@ fn interleaved_table() -> String {
                 }),
             ),
             (
+                "homeport signing::verify_strict",
+                Box::new(|| {
+                    signing::verify_strict(&vk, black_box(&bytes), &sig).unwrap();
+                }),
+            ),
+            (
                 "dalek2 verify",
                 Box::new(|| {
                     use ed25519_dalek::Verifier as _;
@@ -542,6 +556,7 @@ fn interleaved_table() -> String {
         "homeport verify_json",
         "ruma verify_json",
         "dalek2 verify_strict",
+        "homeport signing::verify_strict",
         "dalek2 verify",
         "dalek3 verify",
         "dalek3 key decode + verify (ruma's crypto)",
@@ -555,7 +570,7 @@ fn interleaved_table() -> String {
     }
     let _ = writeln!(
         out,
-        "\nPrototype encoder (`homeport_bench::experiment`, not in core) from `serde_json::Value`: \
+        "\nPrototype encoder (`homeport_bench::experiment`, now adopted by core) from `serde_json::Value`: \
          {} vs homeport-core {} ({:.2}x) vs ruma {} ({:.2}x).",
         fmt_ns(t[0]),
         fmt_ns(t[1]),

@@ -222,8 +222,8 @@ pub fn markdown_table(dir: &Path) -> String {
     out
 }
 
-/// A prototype of two encoder changes proposed for homeport-core, kept
-/// here only to measure them (homeport does not use it): a 256-entry escape
+/// The prototype of two encoder changes that homeport-core has since
+/// adopted (kept as a reference point: core should now match it): a 256-entry escape
 /// table with a whole-run copy in `write_string` (serde_json's approach,
 /// instead of a per-byte `match`), and objects written straight from the
 /// map's iterator when it is already sorted (no per-object `Vec` of

@@ -21,6 +21,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// Largest integer canonical JSON allows (2^53 − 1).
@@ -72,7 +73,8 @@ pub enum CanonicalJsonError {
 
 /// Encode `value` as canonical JSON bytes.
 pub fn to_canonical_vec(value: &Value, mode: Mode) -> Result<Vec<u8>, CanonicalJsonError> {
-    let mut out = Vec::with_capacity(256);
+    // 1 KiB holds a typical key document or event without regrowing.
+    let mut out = Vec::with_capacity(1024);
     write_canonical(&mut out, value, mode)?;
     Ok(out)
 }
@@ -106,26 +108,15 @@ pub fn write_canonical_object_without(
     skip: &[&str],
     mode: Mode,
 ) -> Result<(), CanonicalJsonError> {
-    let mut entries: Vec<(&String, &Value)> = map
-        .iter()
-        .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .collect();
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    out.push(b'{');
-    for (i, (k, v)) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_string(out, k);
-        out.push(b':');
-        if let Err(e) = encode(out, v, mode) {
-            let mut e = e;
-            e.path.push(PathSeg::Key(k));
-            return Err(e.into_error());
-        }
-    }
-    out.push(b'}');
-    Ok(())
+    let kept = |k: &String| !skip.contains(&k.as_str());
+    let result = if keys_ascending(map) {
+        write_entries(out, map.iter().filter(|(k, _)| kept(k)), mode)
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| kept(k)).collect();
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        write_entries(out, entries.into_iter(), mode)
+    };
+    result.map_err(Pending::into_error)
 }
 
 /// Error under construction: the path is collected innermost first while the
@@ -204,44 +195,59 @@ fn encode<'a>(out: &mut Vec<u8>, value: &'a Value, mode: Mode) -> Result<(), Pen
             out.push(b']');
         }
         Value::Object(map) => {
-            if map.len() <= 1 {
-                out.push(b'{');
-                if let Some((k, v)) = map.iter().next() {
-                    write_string(out, k);
-                    out.push(b':');
-                    if let Err(mut e) = encode(out, v, mode) {
-                        e.path.push(PathSeg::Key(k));
-                        return Err(e);
-                    }
-                }
-                out.push(b'}');
-                return Ok(());
-            }
-            let mut entries: Vec<(&'a String, &'a Value)> = map.iter().collect();
-            // Without preserve_order serde_json's map is a BTreeMap and this
-            // is already sorted; the sort is cheap then and makes the output
-            // independent of the map's iteration order.
-            if !entries
-                .windows(2)
-                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes())
-            {
+            // Without preserve_order serde_json's map is a BTreeMap, already
+            // in byte order, and is written straight from its iterator; any
+            // other order is sorted first, so the output never depends on
+            // the map's iteration order.
+            if keys_ascending(map) {
+                write_entries(out, map.iter(), mode)?;
+            } else {
+                let mut entries: Vec<(&'a String, &'a Value)> = map.iter().collect();
                 entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                write_entries(out, entries.into_iter(), mode)?;
             }
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, k);
-                out.push(b':');
-                if let Err(mut e) = encode(out, v, mode) {
-                    e.path.push(PathSeg::Key(k));
-                    return Err(e);
-                }
-            }
-            out.push(b'}');
         }
     }
+    Ok(())
+}
+
+/// True when the map iterates in strictly ascending byte order of its keys
+/// (always, unless serde_json's `preserve_order` is on).
+fn keys_ascending(map: &Map<String, Value>) -> bool {
+    let mut keys = map.keys();
+    let Some(mut prev) = keys.next() else {
+        return true;
+    };
+    for k in keys {
+        if prev.as_bytes() >= k.as_bytes() {
+            return false;
+        }
+        prev = k;
+    }
+    true
+}
+
+/// Write `{"k":v,...}` from entries already in canonical order.
+fn write_entries<'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    mode: Mode,
+) -> Result<(), Pending<'a>> {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in entries {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_string(out, k);
+        out.push(b':');
+        if let Err(mut e) = encode(out, v, mode) {
+            e.path.push(PathSeg::Key(k));
+            return Err(e);
+        }
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -291,35 +297,72 @@ fn write_i64(out: &mut Vec<u8>, i: i64) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether any of the eight bytes of `w` is a control character, `"` or
+/// `\\`. Exact "is there one" tests (the classic has-zero-byte and
+/// has-byte-less-than tricks: no false negatives, and a positive only sends
+/// the caller to its byte-by-byte path, so a false positive would cost time,
+/// never change output).
+#[inline]
+fn any_byte_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+    below_0x20 || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\')))
+}
+
+/// Escape table: 0 for a byte written raw, `u` for `\u00XX`, otherwise the
+/// letter after the backslash.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
 /// Write a JSON string with canonical escaping: only `"`, `\` and control
 /// characters are escaped; `\b \t \n \f \r` use their short forms, other
 /// controls `\u00XX` with lower-case hex; everything else is written raw.
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    // `start..i` is the run of raw bytes not yet copied.
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            0x0c => b"\\f",
-            b'\r' => b"\\r",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip eight bytes at a time while none of them needs escaping.
+        if let Some(word) = bytes[i..].first_chunk::<8>()
+            && !any_byte_needs_escape(u64::from_le_bytes(*word))
+        {
+            i += 8;
+            continue;
+        }
+        let b = bytes[i];
+        let esc = ESCAPE[usize::from(b)];
+        if esc != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            if esc == b'u' {
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
-                continue;
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            } else {
+                out.push(b'\\');
+                out.push(esc);
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
+            start = i + 1;
+        }
+        i += 1;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -440,11 +483,17 @@ impl<'de> Visitor<'de> for CheckedSeed {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
+            // The value is parsed before the duplicate check, so an invalid
+            // value under a repeated key reports the value's error.
             let v = access.next_value_seed(self)?;
-            if map.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            match map.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(v);
+                }
+                Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format!("duplicate key {:?}", slot.key())));
+                }
             }
-            map.insert(key, v);
         }
         Ok(Value::Object(map))
     }
@@ -494,6 +543,65 @@ mod tests {
             to_canonical_string(&v, Mode::Strict).unwrap(),
             "\"\\u0000\\u0001\\u0002\\u0003\\u0004\\u0005\\u0006\\u0007\\b\\t\\n\\u000b\\f\\r\\u000e\\u000f\\u0010\\u0011\\u0012\\u0013\\u0014\\u0015\\u0016\\u0017\\u0018\\u0019\\u001a\\u001b\\u001c\\u001d\\u001e\\u001f\\\"\\\\/\u{7f}\u{2028}\u{2029}é\""
         );
+    }
+
+    /// The word-at-a-time scan gives the byte-by-byte result for escapes
+    /// at every position and alignment.
+    #[test]
+    fn escapes_at_every_offset() {
+        fn reference(s: &str) -> Vec<u8> {
+            let mut out = vec![b'"'];
+            for c in s.chars() {
+                match c {
+                    '"' => out.extend_from_slice(b"\\\""),
+                    '\\' => out.extend_from_slice(b"\\\\"),
+                    '\u{08}' => out.extend_from_slice(b"\\b"),
+                    '\t' => out.extend_from_slice(b"\\t"),
+                    '\n' => out.extend_from_slice(b"\\n"),
+                    '\u{0c}' => out.extend_from_slice(b"\\f"),
+                    '\r' => out.extend_from_slice(b"\\r"),
+                    c if (c as u32) < 0x20 => {
+                        out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+                    }
+                    c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+            out.push(b'"');
+            out
+        }
+        let specials = [
+            '"',
+            '\\',
+            '\0',
+            '\n',
+            '\u{1f}',
+            '\u{7f}',
+            ' ',
+            '!',
+            '#',
+            '[',
+            ']',
+            'é',
+            '\u{2028}',
+            '\u{1F600}',
+            '\u{5c22}',
+        ];
+        for len in 0..20 {
+            for pos in 0..len {
+                for &c in &specials {
+                    let s: String = (0..len).map(|j| if j == pos { c } else { 'a' }).collect();
+                    let mut out = Vec::new();
+                    write_string(&mut out, &s);
+                    assert_eq!(out, reference(&s), "{s:?}");
+                }
+            }
+        }
+        for b in 0u8..0x80 {
+            let s: String = std::iter::repeat_n(char::from(b), 17).collect();
+            let mut out = Vec::new();
+            write_string(&mut out, &s);
+            assert_eq!(out, reference(&s), "{s:?}");
+        }
     }
 
     #[test]
@@ -618,6 +726,17 @@ mod tests {
         assert_eq!((err.line, err.column), (1, 9));
         let err = parse("[1,", Mode::Lenient).unwrap_err();
         assert!(err.message.contains("EOF"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_report_the_value_error_first() {
+        let err = parse(r#"{"a":1,"b":{"a":2,"a":3}}"#, Mode::Lenient).unwrap_err();
+        assert_eq!(err.message, "duplicate key \"a\"");
+        assert_eq!((err.line, err.column), (1, 24));
+        // The repeated key's value is parsed (and checked) before the
+        // duplicate is noticed.
+        let err = parse(r#"{"a":1,"a":1.5}"#, Mode::Lenient).unwrap_err();
+        assert!(err.message.contains("not an integer"), "{err}");
     }
 
     #[test]

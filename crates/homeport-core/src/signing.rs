@@ -185,10 +185,110 @@ impl SigningKey {
 }
 
 /// Parse a public key from unpadded (or padded) base64.
+///
+/// A weak key (a point of small order) is refused with
+/// [`SigningError::WeakPublicKey`]: no signature by it would pass
+/// [`verify_strict`] anyway, so it is reported where it is read instead.
 pub fn verifying_key_from_base64(text: &str) -> Result<VerifyingKey, SigningError> {
     let bytes =
         base64::decode_array::<32>(text).map_err(|source| SigningError::PublicKey { source })?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| SigningError::PublicKeyPoint)
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| SigningError::PublicKeyPoint)?;
+    if is_weak_key(&key) {
+        return Err(SigningError::WeakPublicKey);
+    }
+    Ok(key)
+}
+
+/// The canonical encodings of the eight points of small order (the torsion
+/// subgroup E\[8\]): the identity, the point of order 2, the two of order 4
+/// and the four of order 8 ("Taming the many EdDSAs", Chalkias et al. 2020).
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
+    const fn hex(s: &[u8; 64]) -> [u8; 32] {
+        const fn nibble(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                _ => c - b'a' + 10,
+            }
+        }
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            out[i] = (nibble(s[2 * i]) << 4) | nibble(s[2 * i + 1]);
+            i += 1;
+        }
+        out
+    }
+    [
+        // order 1 (identity, y = 1)
+        hex(b"0100000000000000000000000000000000000000000000000000000000000000"),
+        // order 2 (y = -1)
+        hex(b"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        // order 4 (y = 0, both signs of x)
+        hex(b"0000000000000000000000000000000000000000000000000000000000000000"),
+        hex(b"0000000000000000000000000000000000000000000000000000000000000080"),
+        // order 8
+        hex(b"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+        hex(b"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+        hex(b"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+        hex(b"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+    ]
+};
+
+/// The other byte strings that ed25519-dalek decodes to a point of small
+/// order: it reduces y modulo p (so y + p is accepted when it fits in 255
+/// bits, i.e. for y = 0 and y = 1) and accepts the sign bit set on x = 0.
+const NON_CANONICAL_SMALL_ORDER_ENCODINGS: [[u8; 32]; 6] = {
+    let mut identity_neg = SMALL_ORDER_ENCODINGS[0];
+    identity_neg[31] |= 0x80;
+    let mut order2_neg = SMALL_ORDER_ENCODINGS[1];
+    order2_neg[31] |= 0x80;
+    // y = p + 1 (the identity) and y = p (the order-4 points), both signs.
+    let mut p_plus_1 = [0xffu8; 32];
+    p_plus_1[0] = 0xee;
+    p_plus_1[31] = 0x7f;
+    let mut p_plus_1_neg = p_plus_1;
+    p_plus_1_neg[31] |= 0x80;
+    let mut p = [0xffu8; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    let mut p_neg = p;
+    p_neg[31] |= 0x80;
+    [identity_neg, order2_neg, p_plus_1, p_plus_1_neg, p, p_neg]
+};
+
+/// `key.is_weak()` without the point arithmetic (about 0.6 µs): a
+/// `VerifyingKey` always holds the bytes it was decoded from (or the
+/// canonical compression of the point it was made from), and exactly 14
+/// byte strings decode to the 8 points of small order.
+fn is_weak_key(key: &VerifyingKey) -> bool {
+    let bytes = key.as_bytes();
+    SMALL_ORDER_ENCODINGS.contains(bytes) || NON_CANONICAL_SMALL_ORDER_ENCODINGS.contains(bytes)
+}
+
+/// Strict Ed25519 verification: accepts exactly the signatures that
+/// ed25519-dalek's [`VerifyingKey::verify_strict`] accepts, without its
+/// decompression of R (a field square root, about 5 µs).
+///
+/// `verify_strict` is: S canonical (`S < ℓ`), R decodes to a point, neither
+/// R nor A is of small order, and the recomputed `[S]B − [k]A` compresses to
+/// exactly the bytes of R. The plain `verify` does the S check and the byte
+/// comparison; the recomputed point is compressed canonically, so a
+/// signature passing it has a canonical R that decodes. What remains is the
+/// small-order test on R, which for a canonical encoding is membership in
+/// the eight encodings of E\[8\], and the test on A, done here too (so that
+/// any `VerifyingKey` is handled, not only those from
+/// [`verifying_key_from_base64`]) by comparing its bytes with the 14
+/// encodings of small-order points.
+pub fn verify_strict(
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &ed25519_dalek::Signature,
+) -> Result<(), ed25519_dalek::SignatureError> {
+    use ed25519_dalek::Verifier as _;
+    if SMALL_ORDER_ENCODINGS.contains(signature.r_bytes()) || is_weak_key(key) {
+        return Err(ed25519_dalek::SignatureError::new());
+    }
+    key.verify(message, signature)
 }
 
 /// Errors from keys, key files and signing.
@@ -215,6 +315,11 @@ pub enum SigningError {
     /// 32 bytes that are not a curve point.
     #[error("public key is not a valid Ed25519 point")]
     PublicKeyPoint,
+    /// A point of small order, which would accept forged signatures.
+    #[error(
+        "public key is a point of small order (a weak Ed25519 key, under which signatures can be forged)"
+    )]
+    WeakPublicKey,
     /// A line of a key file.
     #[error("line {line}: {message}")]
     KeyFile {
@@ -299,7 +404,7 @@ pub fn format_key_file(keys: &[SigningKey]) -> String {
 /// The bytes a signature over `object` covers: its canonical JSON without
 /// `signatures` and `unsigned`.
 pub fn signed_bytes(object: &Map<String, Value>) -> Result<Vec<u8>, CanonicalJsonError> {
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(1024);
     canonical_json::write_canonical_object_without(
         &mut out,
         object,
@@ -452,11 +557,10 @@ pub fn verify_signature_value(
     };
     let raw = base64::decode_array::<64>(sig).map_err(|e| malformed(e.to_string()))?;
     let sig = ed25519_dalek::Signature::from_bytes(&raw);
-    key.verify_strict(bytes, &sig)
-        .map_err(|_| VerifyError::Invalid {
-            entity: entity.into(),
-            key_id: key_id.as_str().into(),
-        })
+    verify_strict(key, bytes, &sig).map_err(|_| VerifyError::Invalid {
+        entity: entity.into(),
+        key_id: key_id.as_str().into(),
+    })
 }
 
 /// Verify with the "any valid key" policy: succeeds with the id of the first
@@ -735,5 +839,383 @@ mod tests {
             verifying_key_from_base64("AAAA"),
             Err(SigningError::PublicKey { .. })
         ));
+    }
+
+    /// Small-order (weak) public keys, canonical and non-canonical
+    /// encodings, are refused where a key is read.
+    #[test]
+    fn weak_public_keys_are_refused() {
+        let mut weak: Vec<[u8; 32]> = SMALL_ORDER_ENCODINGS.to_vec();
+        weak.extend(NON_CANONICAL_SMALL_ORDER_ENCODINGS);
+        for bytes in weak {
+            let text = base64::encode(bytes);
+            assert!(
+                matches!(
+                    verifying_key_from_base64(&text),
+                    Err(SigningError::WeakPublicKey)
+                ),
+                "{text}"
+            );
+            let key = VerifyingKey::from_bytes(&bytes).unwrap();
+            assert!(key.is_weak(), "{text}");
+            assert!(is_weak_key(&key), "{text}");
+        }
+        assert_eq!(
+            SigningError::WeakPublicKey.to_string(),
+            "public key is a point of small order (a weak Ed25519 key, under which signatures can be forged)"
+        );
+        assert!(verifying_key_from_base64(SPEC_PUBLIC).is_ok());
+    }
+
+    /// The table is exactly the canonical encodings of E[8].
+    #[test]
+    fn small_order_encodings_are_the_eight_torsion_points() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut want: Vec<[u8; 32]> = EIGHT_TORSION.iter().map(|p| p.compress().0).collect();
+        let mut have = SMALL_ORDER_ENCODINGS.to_vec();
+        want.sort();
+        have.sort();
+        assert_eq!(have, want);
+    }
+
+    /// Every byte string ed25519-dalek decodes to a small-order point is in
+    /// the two tables: for each point of E[8], y and y + p (when it fits in
+    /// 255 bits, the only other representative of y) with either sign bit.
+    #[test]
+    fn weak_key_table_is_complete() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        // p = 2^255 - 19, little-endian.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut found: Vec<[u8; 32]> = Vec::new();
+        for point in EIGHT_TORSION {
+            let canonical = point.compress().0;
+            let mut y = canonical;
+            y[31] &= 0x7f;
+            let mut reps = vec![y];
+            // y + p < 2^255 only when y < 19.
+            if y[1..].iter().all(|&b| b == 0) && y[0] < 19 {
+                let mut sum = [0u8; 32];
+                let mut carry = 0u16;
+                for i in 0..32 {
+                    let v = u16::from(y[i]) + u16::from(p[i]) + carry;
+                    sum[i] = v as u8;
+                    carry = v >> 8;
+                }
+                assert_eq!(carry, 0);
+                assert_eq!(sum[31] & 0x80, 0);
+                reps.push(sum);
+            }
+            for rep in reps {
+                for sign in [0u8, 0x80] {
+                    let mut enc = rep;
+                    enc[31] |= sign;
+                    if let Ok(k) = VerifyingKey::from_bytes(&enc)
+                        && k.is_weak()
+                        && !found.contains(&enc)
+                    {
+                        found.push(enc);
+                    }
+                }
+            }
+        }
+        let mut table: Vec<[u8; 32]> = SMALL_ORDER_ENCODINGS.to_vec();
+        table.extend(NON_CANONICAL_SMALL_ORDER_ENCODINGS);
+        found.sort();
+        table.sort();
+        assert_eq!(found, table);
+        // And it agrees with is_weak on ordinary keys and on byte strings
+        // near the table's entries.
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let mut bytes: [u8; 32] = rng.r#gen();
+            if rng.r#gen::<bool>() {
+                bytes = table[rng.gen_range(0..table.len())];
+                bytes[rng.gen_range(0..32)] ^= 1 << rng.gen_range(0..8);
+            }
+            if let Ok(k) = VerifyingKey::from_bytes(&bytes) {
+                assert_eq!(is_weak_key(&k), k.is_weak(), "{bytes:?}");
+            }
+        }
+        for _ in 0..50 {
+            let k = SigningKey::generate("x").unwrap().verifying_key();
+            assert!(!is_weak_key(&k) && !k.is_weak());
+        }
+    }
+
+    mod strict {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::edwards::EdwardsPoint;
+        use curve25519_dalek::scalar::Scalar;
+        use ed25519_dalek::{Signature, Signer as _, Verifier as _, VerifyingKey};
+        use rand::{Rng as _, SeedableRng as _};
+        use sha2::{Digest as _, Sha512};
+
+        /// ℓ, little-endian.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+
+        struct Case {
+            what: String,
+            key: VerifyingKey,
+            msg: Vec<u8>,
+            sig: Signature,
+        }
+
+        fn challenge(r: &[u8; 32], a: &[u8; 32], m: &[u8]) -> Scalar {
+            let h: [u8; 64] = Sha512::new()
+                .chain_update(r)
+                .chain_update(a)
+                .chain_update(m)
+                .finalize()
+                .into();
+            Scalar::from_bytes_mod_order_wide(&h)
+        }
+
+        fn random_scalar(rng: &mut rand::rngs::StdRng) -> Scalar {
+            let mut wide = [0u8; 64];
+            rng.fill(&mut wide[..]);
+            Scalar::from_bytes_mod_order_wide(&wide)
+        }
+
+        /// S + ℓ: the same point equation, a non-canonical S.
+        fn plus_l(s: &[u8; 32]) -> [u8; 32] {
+            let mut out = [0u8; 32];
+            let mut carry = 0u16;
+            for i in 0..32 {
+                let v = u16::from(s[i]) + u16::from(L[i]) + carry;
+                out[i] = v as u8;
+                carry = v >> 8;
+            }
+            out
+        }
+
+        /// Crafted signatures: A = [a]B + T and R = [r]B + Q for every
+        /// torsion T, Q (a = 0: A of small order; r = 0: R of small order),
+        /// with S = r + k·a, searching messages until the cofactorless
+        /// equation [S]B − [k]A = R holds (it does iff Q = −[k]T). Each also
+        /// with S + ℓ, and with R swapped for a non-canonical encoding.
+        fn crafted_cases() -> &'static [Case] {
+            static CASES: std::sync::OnceLock<Vec<Case>> = std::sync::OnceLock::new();
+            CASES.get_or_init(build_cases)
+        }
+
+        fn build_cases() -> Vec<Case> {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+            let mut cases = Vec::new();
+            for (ti, t) in EIGHT_TORSION.iter().enumerate() {
+                for a_zero in [false, true] {
+                    let a = if a_zero {
+                        Scalar::ZERO
+                    } else {
+                        random_scalar(&mut rng)
+                    };
+                    let big_a: EdwardsPoint = EdwardsPoint::mul_base(&a) + t;
+                    // [k]T depends only on k mod 8 (T's order divides 8).
+                    let mut multiples = [EdwardsPoint::default(); 8];
+                    for j in 1..8 {
+                        multiples[j] = multiples[j - 1] + t;
+                    }
+                    let a_bytes = big_a.compress().0;
+                    let key = VerifyingKey::from(big_a);
+                    for (qi, q) in EIGHT_TORSION.iter().enumerate() {
+                        for r_zero in [false, true] {
+                            let r = if r_zero {
+                                Scalar::ZERO
+                            } else {
+                                random_scalar(&mut rng)
+                            };
+                            let big_r: EdwardsPoint = EdwardsPoint::mul_base(&r) + q;
+                            let r_bytes = big_r.compress().0;
+                            let mut found = None;
+                            let mut last = Vec::new();
+                            for attempt in 0..64 {
+                                let msg = format!("message {attempt}").into_bytes();
+                                let k = challenge(&r_bytes, &a_bytes, &msg);
+                                let k_mod_8 = usize::from(k.as_bytes()[0] & 7);
+                                if -multiples[k_mod_8] == *q {
+                                    found = Some((msg, k));
+                                    break;
+                                }
+                                last = msg;
+                            }
+                            let what = format!(
+                                "A = {}B + T{ti}, R = {}B + T{qi}",
+                                if a_zero { "0" } else { "a" },
+                                if r_zero { "0" } else { "r" },
+                            );
+                            // Where the equation cannot hold (Q outside the
+                            // group T generates) keep only the prime-order
+                            // keys' cases: in debug builds every verification
+                            // costs milliseconds.
+                            let (msg, k, holds) = match found {
+                                Some((m, k)) => (m, k, true),
+                                None if ti == 0 => {
+                                    let k = challenge(&r_bytes, &a_bytes, &last);
+                                    (last, k, false)
+                                }
+                                None => continue,
+                            };
+                            let s = (r + k * a).to_bytes();
+                            let sig = Signature::from_components(r_bytes, s);
+                            cases.push(Case {
+                                what: format!("{what} (equation holds: {holds})"),
+                                key,
+                                msg: msg.clone(),
+                                sig,
+                            });
+                            cases.push(Case {
+                                what: format!("{what}, S + l"),
+                                key,
+                                msg: msg.clone(),
+                                sig: Signature::from_components(r_bytes, plus_l(&s)),
+                            });
+                            // Non-canonical R: the sign bit set on an x = 0
+                            // point (identity, order 2), or y + p for y < 19.
+                            let mut alt = r_bytes;
+                            if r_zero && (qi == 0 || qi == 4) {
+                                alt[31] |= 0x80;
+                            } else if r_zero && (r_bytes[1..31].iter().all(|&x| x == 0)) {
+                                // y = 0 (order 4): y + p = p
+                                let sign = alt[31] & 0x80;
+                                alt = [0xff; 32];
+                                alt[0] = 0xed;
+                                alt[31] = 0x7f | sign;
+                            } else {
+                                continue;
+                            }
+                            cases.push(Case {
+                                what: format!("{what}, non-canonical R"),
+                                key,
+                                msg,
+                                sig: Signature::from_components(alt, s),
+                            });
+                        }
+                    }
+                }
+            }
+            // Every encoding of a small-order key, canonical or not, with
+            // R = [r]B and S = r (which plain verify accepts under the
+            // identity's four encodings).
+            let mut weak: Vec<[u8; 32]> = super::super::SMALL_ORDER_ENCODINGS.to_vec();
+            weak.extend(super::super::NON_CANONICAL_SMALL_ORDER_ENCODINGS);
+            for (i, bytes) in weak.iter().enumerate() {
+                let key = VerifyingKey::from_bytes(bytes).unwrap();
+                let r = random_scalar(&mut rng);
+                let sig = Signature::from_components(
+                    EdwardsPoint::mul_base(&r).compress().0,
+                    r.to_bytes(),
+                );
+                cases.push(Case {
+                    what: format!("weak key encoding {i}"),
+                    key,
+                    msg: b"any message".to_vec(),
+                    sig,
+                });
+            }
+            // Ordinary signatures by random keys, and the same ones over a
+            // different message.
+            for i in 0..16u8 {
+                let sk = ed25519_dalek::SigningKey::from_bytes(&rng.r#gen());
+                let msg = vec![i; usize::from(i) * 7];
+                let sig = sk.sign(&msg);
+                cases.push(Case {
+                    what: format!("random key {i}"),
+                    key: sk.verifying_key(),
+                    msg: msg.clone(),
+                    sig,
+                });
+                let mut other = msg;
+                other.push(1);
+                cases.push(Case {
+                    what: format!("random key {i}, wrong message"),
+                    key: sk.verifying_key(),
+                    msg: other,
+                    sig,
+                });
+                let mut s = *sig.s_bytes();
+                s = plus_l(&s);
+                cases.push(Case {
+                    what: format!("random key {i}, S + l"),
+                    key: sk.verifying_key(),
+                    msg: vec![i; usize::from(i) * 7],
+                    sig: Signature::from_components(*sig.r_bytes(), s),
+                });
+            }
+            cases
+        }
+
+        /// The fast path gives the verdict of `verify_strict` on every
+        /// crafted input, and the inputs do exercise the difference between
+        /// strict and plain verification.
+        #[test]
+        fn fast_strict_matches_verify_strict() {
+            let cases = crafted_cases();
+            let (mut strict_ok, mut plain_only_small_r, mut plain_only_weak_a) = (0, 0, 0);
+            let mut torsion_accepted = 0;
+            for c in cases {
+                let want = c.key.verify_strict(&c.msg, &c.sig).is_ok();
+                let have = super::super::verify_strict(&c.key, &c.msg, &c.sig).is_ok();
+                assert_eq!(have, want, "{}", c.what);
+                let plain = c.key.verify(&c.msg, &c.sig).is_ok();
+                assert!(plain || !want, "{}", c.what);
+                if want {
+                    strict_ok += 1;
+                    if !c.key.to_edwards().is_torsion_free() {
+                        torsion_accepted += 1;
+                    }
+                } else if plain {
+                    if c.key.is_weak() {
+                        plain_only_weak_a += 1;
+                    } else {
+                        plain_only_small_r += 1;
+                    }
+                }
+            }
+            // Random keys are accepted, and so are mixed-order keys.
+            assert!(strict_ok >= 16, "{strict_ok}");
+            assert!(torsion_accepted > 0, "{torsion_accepted}");
+            // Signatures plain `verify` takes and strict refuses: a
+            // small-order R under a non-weak key, and weak keys.
+            assert!(plain_only_small_r > 0, "{plain_only_small_r}");
+            assert!(plain_only_weak_a > 0, "{plain_only_weak_a}");
+        }
+
+        /// Signatures through the public API: a small-order R or a weak key
+        /// is `Invalid`, even when the cofactorless equation holds.
+        #[test]
+        fn verify_json_refuses_small_order_r_and_weak_keys() {
+            use super::super::{KeyId, VerifyError, signed_bytes, verify_json};
+            let b = ED25519_BASEPOINT_POINT;
+            let id = KeyId::parse("ed25519:x").unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            // Weak key (the identity): [S]B = R for any S, whatever the
+            // message.
+            let identity = VerifyingKey::from(EdwardsPoint::default());
+            let r = random_scalar(&mut rng);
+            let mut doc = serde_json::json!({"a": 1});
+            let sig = Signature::from_components((r * b).compress().0, r.to_bytes());
+            let bytes = signed_bytes(doc.as_object().unwrap()).unwrap();
+            assert!(identity.verify(&bytes, &sig).is_ok());
+            doc["signatures"] =
+                serde_json::json!({"srv": {"ed25519:x": crate::base64::encode(sig.to_bytes())}});
+            assert!(matches!(
+                verify_json(&doc, "srv", &id, &identity),
+                Err(VerifyError::Invalid { .. })
+            ));
+            // Small-order R (order 8) under a mixed-order key that plain
+            // verify accepts.
+            let found = crafted_cases().iter().find(|c| {
+                c.what.contains("R = 0B")
+                    && !c.key.is_weak()
+                    && c.key.verify(&c.msg, &c.sig).is_ok()
+            });
+            let c = found.expect("a small-order R accepted by plain verify");
+            assert!(c.key.verify_strict(&c.msg, &c.sig).is_err());
+            assert!(super::super::verify_strict(&c.key, &c.msg, &c.sig).is_err());
+        }
     }
 }
