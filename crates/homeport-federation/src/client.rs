@@ -48,7 +48,7 @@ impl ClientConfig {
             connect: ConnectOptions::default(),
             request_timeout: Duration::from_secs(60),
             max_response_bytes: 16 * 1024 * 1024,
-            max_idle_per_destination: 8,
+            max_idle_per_destination: 32,
             idle_timeout: Duration::from_secs(90),
             user_agent: concat!("homeport/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -462,6 +462,24 @@ impl FederationClient {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         let list = pool.get_mut(key)?;
         let idle_timeout = self.inner.cfg.idle_timeout;
+        // An HTTP/2 connection is shared: hand out a clone of its sender and
+        // leave it in the pool, so concurrent requests multiplex on it.
+        list.retain(|p| match &p.sender {
+            Sender::H2(s) => !s.is_closed(),
+            Sender::H1(_) => true,
+        });
+        if let Some(p) = list
+            .iter()
+            .find(|p| matches!(&p.sender, Sender::H2(s) if s.is_ready()))
+        {
+            if let Sender::H2(s) = &p.sender {
+                return Some(Pooled {
+                    sender: Sender::H2(s.clone()),
+                    info: p.info.clone(),
+                    idle_since: p.idle_since,
+                });
+            }
+        }
         while let Some(p) = list.pop() {
             let alive = match &p.sender {
                 Sender::H1(s) => !s.is_closed() && s.is_ready(),
@@ -477,6 +495,14 @@ impl FederationClient {
     fn put_idle(&self, key: String, p: Pooled) {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         let list = pool.entry(key).or_default();
+        if matches!(p.sender, Sender::H2(_))
+            && list
+                .iter()
+                .any(|q| matches!(&q.sender, Sender::H2(s) if !s.is_closed()))
+        {
+            // Already shared from the pool.
+            return;
+        }
         if list.len() < self.inner.cfg.max_idle_per_destination {
             list.push(p);
         }

@@ -418,3 +418,36 @@ fn resolution_failure_is_reported_in_the_resolve_phase() {
     assert_eq!(err.phase(), "resolve");
     let _ = Step::Srv;
 }
+
+#[test]
+fn concurrent_requests_share_one_http2_connection() {
+    let net = Net::new(wk_for(None));
+    let p = peer(
+        net.ca.issue(&["hs.test"]).unwrap(),
+        key_server(serde_json::json!({})),
+    );
+    net.zone(Zone::new().a("hs.test", ip_of(&p)));
+    let server = name(&format!("hs.test:{}", p.addr().port()));
+    let client = net.client(None);
+    let rt = rt();
+    // Warm: one connection in the pool.
+    rt.block_on(client.get(&server, VERSION)).unwrap();
+    rt.block_on(async {
+        let mut hs = Vec::new();
+        for _ in 0..32 {
+            let c = client.clone();
+            let s = server.clone();
+            hs.push(tokio::spawn(async move {
+                c.get(&s, VERSION).await.map(|r| r.status.as_u16())
+            }));
+        }
+        for h in hs {
+            assert_eq!(h.await.unwrap().unwrap(), 200);
+        }
+    });
+    assert_eq!(
+        p.handshakes().len(),
+        1,
+        "32 concurrent requests multiplexed on the pooled h2 connection"
+    );
+}
