@@ -48,7 +48,7 @@ impl ClientConfig {
             connect: ConnectOptions::default(),
             request_timeout: Duration::from_secs(60),
             max_response_bytes: 16 * 1024 * 1024,
-            max_idle_per_destination: 32,
+            max_idle_per_destination: 64,
             idle_timeout: Duration::from_secs(90),
             user_agent: concat!("homeport/", env!("CARGO_PKG_VERSION")).to_owned(),
         }

@@ -63,6 +63,11 @@ pub struct Notary {
     metrics: Arc<Metrics>,
     limits: NotaryLimits,
     buckets: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Countersigned answers by origin, valid while the stored response is
+    /// the one they were signed from (its `fetched_at`) and our keys are
+    /// unchanged (Ed25519 signatures are deterministic: the bytes equal a
+    /// fresh signature's).
+    signed: Mutex<HashMap<String, (u64, Vec<String>, Value)>>,
 }
 
 impl std::fmt::Debug for Notary {
@@ -142,6 +147,7 @@ impl Notary {
             metrics,
             limits,
             buckets: Mutex::new(HashMap::new()),
+            signed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -197,7 +203,7 @@ impl Notary {
                 && covers(&s.json, &c.key_ids)
             {
                 self.metrics.notary(NotaryResult::Hit);
-                return self.countersign(s.json.clone());
+                return self.countersign_cached(&c.server, s.fetched_at, &s.json);
             }
         }
         let Ok(name) = ServerName::parse(&c.server) else {
@@ -225,7 +231,7 @@ impl Notary {
                     // still need the keys.
                     Some(s) => {
                         self.metrics.notary(NotaryResult::Hit);
-                        self.countersign(s.json)
+                        self.countersign_cached(&c.server, s.fetched_at, &s.json)
                     }
                     None => {
                         self.metrics.notary(NotaryResult::Error);
@@ -234,6 +240,25 @@ impl Notary {
                 }
             }
         }
+    }
+
+    fn countersign_cached(&self, server: &str, fetched_at: u64, doc: &Value) -> Option<Value> {
+        let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
+        if let Ok(m) = self.signed.lock() {
+            if let Some((at, k, v)) = m.get(server) {
+                if *at == fetched_at && *k == ids {
+                    return Some(v.clone());
+                }
+            }
+        }
+        let v = self.countersign(doc.clone())?;
+        if let Ok(mut m) = self.signed.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(server.to_owned(), (fetched_at, ids, v.clone()));
+        }
+        Some(v)
     }
 
     fn countersign(&self, mut doc: Value) -> Option<Value> {
