@@ -309,6 +309,14 @@ impl Resolver {
                 if r.outcome.is_ok() && !valid_for.is_zero() {
                     let mut cached = (*r).clone();
                     cached.from_cache = true;
+                    // The cached copy keeps only the decision, not the whole
+                    // trace: the explanation belongs to the fresh resolution
+                    // (`homeport resolve`, the check), and cached entries
+                    // are what the memory bound is about.
+                    let decision = cached.trace.pop();
+                    cached.trace = decision.into_iter().collect();
+                    cached.trace.shrink_to_fit();
+                    cached.srv.shrink_to_fit();
                     let now = s.clock.now();
                     s.results.insert(
                         name.as_str().into(),
