@@ -370,12 +370,15 @@ fn notary_entry_failing_the_origin_checks_is_refused() {
     let nk2 = nkey.clone();
     let (_p, nname) = notary(&net, &nkey, move |n, _| {
         let mut d = key_doc("origin.test", &okey, DAY);
-        d["signatures"]["origin.test"]["ed25519:a_origin"] =
-            d["signatures"]["origin.test"]["ed25519:a_origin"]
-                .as_str()
-                .unwrap()
-                .replace('A', "B")
-                .into();
+        // Change the first character of the signature: always a different
+        // signature, still valid base64 (a replace() could find nothing to
+        // replace and leave the signature valid).
+        let sig = d["signatures"]["origin.test"]["ed25519:a_origin"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let first = if sig.starts_with('A') { "B" } else { "A" };
+        d["signatures"]["origin.test"]["ed25519:a_origin"] = format!("{first}{}", &sig[1..]).into();
         signing::sign_json(&mut d, n, &nk2).unwrap();
         vec![d]
     });

@@ -106,6 +106,18 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
     }
 
+    /// Run `f` on the stored value of `key`, if any, leaving its expiry,
+    /// retention and eviction order as they are.
+    pub(crate) fn modify<Q>(&self, key: &Q, f: impl FnOnce(&mut V))
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(s) = self.lock().map.get_mut(key) {
+            f(&mut s.value);
+        }
+    }
+
     pub(crate) fn remove<Q>(&self, key: &Q)
     where
         K: std::borrow::Borrow<Q>,

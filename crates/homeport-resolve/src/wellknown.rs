@@ -232,6 +232,21 @@ struct Entry {
     last_valid: Option<(Arc<WellKnownReport>, Instant)>,
 }
 
+impl Entry {
+    /// Replace the report `old` (wherever this entry holds it) by `hit`,
+    /// the same report marked as served from the cache.
+    fn share(&mut self, old: &Arc<WellKnownReport>, hit: &Arc<WellKnownReport>) {
+        if Arc::ptr_eq(&self.report, old) {
+            self.report = hit.clone();
+        }
+        if let Some((valid, _)) = &mut self.last_valid
+            && Arc::ptr_eq(valid, old)
+        {
+            *valid = hit.clone();
+        }
+    }
+}
+
 /// The `.well-known` resolver with its cache.
 pub(crate) struct WellKnown {
     policy: WellKnownPolicy,
@@ -277,9 +292,18 @@ impl WellKnown {
             Cached::Fresh(e) => {
                 let refresh_at = e.fetched + e.ttl.mul_f64(1.0 - self.policy.grace_fraction);
                 if now < refresh_at {
+                    if e.report.from_cache {
+                        return e.report;
+                    }
                     let mut r = (*e.report).clone();
                     r.from_cache = true;
-                    return Arc::new(r);
+                    let hit = Arc::new(r);
+                    // The entry keeps the cached form from now on (nothing
+                    // it is used for depends on `from_cache`), so the hits
+                    // and the entry share one report instead of a copy each.
+                    self.cache
+                        .modify(&key, |stored| stored.share(&e.report, &hit));
+                    return hit;
                 }
                 Some(e)
             }
@@ -511,6 +535,9 @@ async fn fetch(
         Err(_) => Err(WellKnownFailure::Timeout(policy.timeout)),
     };
     report.result = result;
+    // The report may stay in the cache for a day: no spare capacity.
+    report.redirects.shrink_to_fit();
+    report.cache_control.shrink_to_fit();
     report
 }
 
