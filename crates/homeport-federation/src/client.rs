@@ -471,14 +471,13 @@ impl FederationClient {
         if let Some(p) = list
             .iter()
             .find(|p| matches!(&p.sender, Sender::H2(s) if s.is_ready()))
+            && let Sender::H2(s) = &p.sender
         {
-            if let Sender::H2(s) = &p.sender {
-                return Some(Pooled {
-                    sender: Sender::H2(s.clone()),
-                    info: p.info.clone(),
-                    idle_since: p.idle_since,
-                });
-            }
+            return Some(Pooled {
+                sender: Sender::H2(s.clone()),
+                info: p.info.clone(),
+                idle_since: p.idle_since,
+            });
         }
         while let Some(p) = list.pop() {
             let alive = match &p.sender {

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod notary;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod serve;
 pub mod services;

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use homeport_core::ServerName;
 use homeport_core::signing::{self, SigningKey};
@@ -55,6 +54,9 @@ pub enum NotaryError {
     },
 }
 
+/// A countersigned answer: (stored `fetched_at`, our key ids, the answer).
+type Countersigned = (u64, Vec<String>, Value);
+
 /// The notary.
 pub struct Notary {
     own: Arc<KeyServer>,
@@ -62,12 +64,12 @@ pub struct Notary {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     limits: NotaryLimits,
-    buckets: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    limiter: crate::ratelimit::PerClient,
     /// Countersigned answers by origin, valid while the stored response is
     /// the one they were signed from (its `fetched_at`) and our keys are
     /// unchanged (Ed25519 signatures are deterministic: the bytes equal a
     /// fresh signature's).
-    signed: Mutex<HashMap<String, (u64, Vec<String>, Value)>>,
+    signed: Mutex<HashMap<String, Countersigned>>,
 }
 
 impl std::fmt::Debug for Notary {
@@ -145,31 +147,17 @@ impl Notary {
             fetcher,
             store,
             metrics,
+            limiter: crate::ratelimit::PerClient::new(limits.per_client_per_minute),
             limits,
-            buckets: Mutex::new(HashMap::new()),
             signed: Mutex::new(HashMap::new()),
         }
     }
 
     /// Count a request from `client`; refuse when over the limit.
     pub fn admit(&self, client: IpAddr) -> Result<(), NotaryError> {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if b.len() > 10_000 {
-            b.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-        }
-        let e = b.entry(client).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > self.limits.per_client_per_minute {
-            let wait = 60u64
-                .saturating_sub(now.duration_since(e.0).as_secs())
-                .max(1);
-            return Err(NotaryError::RateLimited { retry_after: wait });
-        }
-        Ok(())
+        self.limiter
+            .admit(client)
+            .map_err(|retry_after| NotaryError::RateLimited { retry_after })
     }
 
     /// Answer a query: `{"server_keys": [...]}`.
@@ -244,12 +232,12 @@ impl Notary {
 
     fn countersign_cached(&self, server: &str, fetched_at: u64, doc: &Value) -> Option<Value> {
         let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
-        if let Ok(m) = self.signed.lock() {
-            if let Some((at, k, v)) = m.get(server) {
-                if *at == fetched_at && *k == ids {
-                    return Some(v.clone());
-                }
-            }
+        if let Ok(m) = self.signed.lock()
+            && let Some((at, k, v)) = m.get(server)
+            && *at == fetched_at
+            && *k == ids
+        {
+            return Some(v.clone());
         }
         let v = self.countersign(doc.clone())?;
         if let Ok(mut m) = self.signed.lock() {

@@ -66,7 +66,7 @@ pub struct Tester {
     metrics: Arc<Metrics>,
     limits: TesterLimits,
     flight: SingleFlight<String, Result<Arc<Rendered>, String>>,
-    clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    clients: crate::ratelimit::PerClient,
     targets: Mutex<HashMap<String, Instant>>,
 }
 
@@ -190,28 +190,15 @@ impl Tester {
             client,
             store,
             metrics,
+            clients: crate::ratelimit::PerClient::new(limits.per_client_per_minute),
             limits,
             flight: SingleFlight::new(),
-            clients: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
         }
     }
 
     fn admit_client(&self, ip: IpAddr) -> Result<(), u64> {
-        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if m.len() > 10_000 {
-            m.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
-        }
-        let e = m.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > self.limits.per_client_per_minute {
-            return Err(60u64.saturating_sub(now.duration_since(e.0).as_secs()));
-        }
-        Ok(())
+        self.clients.admit(ip)
     }
 
     /// The report for `name`: cached, shared with a running check, or
