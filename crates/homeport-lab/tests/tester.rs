@@ -20,7 +20,6 @@ use tower::ServiceExt as _;
 struct Env {
     rt: tokio::runtime::Runtime,
     lab: Lab,
-    counted: HttpsServer,
 }
 
 fn env() -> &'static Env {
@@ -32,36 +31,43 @@ fn env() -> &'static Env {
             .build()
             .unwrap();
         let lab = rt.block_on(Lab::start()).unwrap();
-        // A domain whose requests we count.
-        let key = homeport_core::signing::SigningKey::generate("a_c").unwrap();
-        let doc = homeport_core::keys::ServerKeysBuilder::new(
-            &homeport_core::ServerName::parse("counted.lab").unwrap(),
-            homeport_federation::keys::now_ms() + 86_400_000,
-        )
-        .verify_key(&key)
-        .sign(&[&key])
-        .unwrap();
-        let counted = HttpsServer::start_on_any_loopback(
-            homeport_lab::DEF_PORT,
-            TlsSetup::Cert(lab.ca.issue(&["counted.lab"]).unwrap()),
-            homeport_test_support::Handler::routes()
-                .route("/_matrix/key/v2/server", Scripted::json(doc))
-                .route(
-                    "/_matrix/federation/v1/version",
-                    Scripted::json(serde_json::json!({"server": {"name": "c", "version": "1"}})),
-                )
-                .fallback(Scripted::delay(
-                    Duration::from_millis(200),
-                    Scripted::not_found(),
-                )),
-        )
-        .unwrap();
-        let std::net::IpAddr::V4(ip) = counted.addr().ip() else {
-            panic!()
-        };
-        lab.dns.zone().update(|z| z.a("counted.lab", ip)).unwrap();
-        Env { rt, lab, counted }
+        Env { rt, lab }
     })
+}
+
+/// A domain of the test's own (so parallel tests cannot change its request
+/// counts), with a key server and a version endpoint.
+fn counted_domain(name: &str) -> HttpsServer {
+    let e = env();
+    let key = homeport_core::signing::SigningKey::generate("a_c").unwrap();
+    let doc = homeport_core::keys::ServerKeysBuilder::new(
+        &homeport_core::ServerName::parse(name).unwrap(),
+        homeport_federation::keys::now_ms() + 86_400_000,
+    )
+    .verify_key(&key)
+    .sign(&[&key])
+    .unwrap();
+    let server = HttpsServer::start_on_any_loopback(
+        homeport_lab::DEF_PORT,
+        TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+        homeport_test_support::Handler::routes()
+            .route("/_matrix/key/v2/server", Scripted::json(doc))
+            .route(
+                "/_matrix/federation/v1/version",
+                Scripted::json(serde_json::json!({"server": {"name": "c", "version": "1"}})),
+            )
+            .fallback(Scripted::delay(
+                Duration::from_millis(200),
+                Scripted::not_found(),
+            )),
+    )
+    .unwrap();
+    let std::net::IpAddr::V4(ip) = server.addr().ip() else {
+        panic!()
+    };
+    let n = name.to_owned();
+    e.lab.dns.zone().update(move |z| z.a(&n, ip)).unwrap();
+    server
 }
 
 fn tester(limits: TesterLimits, allow_loopback: bool) -> Arc<Tester> {
@@ -250,10 +256,10 @@ fn report_federation_ok_and_full_check() {
 
 #[test]
 fn results_are_cached_and_no_cache_bypasses() {
+    let counted = counted_domain("cache.lab");
     let t = tester(open(), true);
     let count = || {
-        env()
-            .counted
+        counted
             .requests()
             .iter()
             .filter(|r| r.path() == "/_matrix/key/v2/server")
@@ -263,7 +269,7 @@ fn results_are_cached_and_no_cache_bypasses() {
     call(
         &t,
         "GET",
-        "/api/report?server_name=counted.lab",
+        "/api/report?server_name=cache.lab",
         "198.51.100.4",
     );
     let after_first = count();
@@ -271,20 +277,20 @@ fn results_are_cached_and_no_cache_bypasses() {
     call(
         &t,
         "GET",
-        "/api/report?server_name=counted.lab",
+        "/api/report?server_name=cache.lab",
         "198.51.100.4",
     );
     call(
         &t,
         "GET",
-        "/api/v1/check?server_name=counted.lab",
+        "/api/v1/check?server_name=cache.lab",
         "198.51.100.4",
     );
     assert_eq!(count(), after_first, "served from the cache");
     call(
         &t,
         "GET",
-        "/api/report?server_name=counted.lab&no_cache=1",
+        "/api/report?server_name=cache.lab&no_cache=1",
         "198.51.100.4",
     );
     assert!(count() > after_first, "no_cache=1 runs a fresh check");
@@ -372,9 +378,9 @@ fn one_fresh_check_per_target_per_interval() {
 
 #[test]
 fn concurrent_requests_for_one_target_share_the_running_check() {
+    let counted = counted_domain("shared.lab");
     let t = tester(open(), true);
-    let before = env()
-        .counted
+    let before = counted
         .requests()
         .iter()
         .filter(|r| r.path() == "/_matrix/federation/v1/version")
@@ -385,7 +391,7 @@ fn concurrent_requests_for_one_target_share_the_running_check() {
         for i in 0..6 {
             let router = router.clone();
             hs.push(tokio::spawn(async move {
-                let mut req = http::Request::get("/api/report?server_name=counted.lab&no_cache=1")
+                let mut req = http::Request::get("/api/report?server_name=shared.lab&no_cache=1")
                     .body(Body::empty())
                     .unwrap();
                 req.extensions_mut().insert(ConnMeta {
@@ -403,8 +409,7 @@ fn concurrent_requests_for_one_target_share_the_running_check() {
         out
     });
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let after = env()
-        .counted
+    let after = counted
         .requests()
         .iter()
         .filter(|r| r.path() == "/_matrix/federation/v1/version")
@@ -414,12 +419,23 @@ fn concurrent_requests_for_one_target_share_the_running_check() {
 
 #[test]
 fn the_deny_list_keeps_the_tester_off_the_hosts_network() {
+    // A server of its own, so other tests' traffic cannot change its count.
+    let e = env();
+    let own = HttpsServer::start_on_any_loopback(
+        homeport_lab::DEF_PORT,
+        TlsSetup::Cert(e.lab.ca.issue(&["denied.lab"]).unwrap()),
+        Scripted::ok(),
+    )
+    .unwrap();
+    let std::net::IpAddr::V4(ip) = own.addr().ip() else {
+        panic!()
+    };
+    e.lab.dns.zone().update(|z| z.a("denied.lab", ip)).unwrap();
     let t = tester(open(), false);
-    let before = env().counted.request_count();
     let (s, _, b) = call(
         &t,
         "GET",
-        "/api/v1/check?server_name=counted.lab",
+        "/api/v1/check?server_name=denied.lab",
         "198.51.100.9",
     );
     assert_eq!(s, 200);
@@ -453,11 +469,8 @@ fn the_deny_list_keeps_the_tester_off_the_hosts_network() {
             "{lit}"
         );
     }
-    assert_eq!(
-        env().counted.request_count(),
-        before,
-        "nothing on loopback was dialled"
-    );
+    assert_eq!(own.request_count(), 0, "nothing on loopback was dialled");
+    assert!(own.handshakes().is_empty(), "not even a TLS handshake");
 }
 
 #[test]
