@@ -7,13 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use homeport_core::keys;
 use homeport_core::{Host, ServerName};
 use homeport_resolve::dns::SrvAnswer;
 use homeport_resolve::{Destination, Resolution, Step, WellKnownFailure};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
@@ -603,21 +603,13 @@ async fn exchange(
         .map_err(|e| e.to_string())?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let mut body = resp.into_body();
-        let mut buf = BytesMut::new();
-        while let Some(f) = body.frame().await {
-            let f = f.map_err(|e| e.to_string())?;
-            if let Ok(d) = f.into_data() {
-                if buf.len() + d.len() > 1024 * 1024 {
-                    return Err("response larger than 1 MiB".to_owned());
-                }
-                buf.extend_from_slice(&d);
-            }
-        }
+        let body = homeport_resolve::body::read_capped(resp.into_body(), &headers, 1024 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Exchange {
             status,
             headers,
-            body: buf.freeze(),
+            body,
         })
     };
     tokio::time::timeout(Duration::from_secs(15), fut)

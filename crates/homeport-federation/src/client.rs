@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use homeport_core::ServerName;
 use homeport_core::canonical_json::{self, Mode};
 use homeport_core::signing::SigningKey;
 use homeport_core::xmatrix::RequestToSign;
 use homeport_resolve::{Destination, Resolution, ResolveError, Resolver};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
@@ -389,18 +389,22 @@ impl FederationClient {
             };
             let status = resp.status();
             let resp_headers = resp.headers().clone();
-            let body = read_capped(resp.into_body(), self.inner.cfg.max_response_bytes)
-                .await
-                .map_err(|e| match e {
-                    ReadError::TooLarge => FederationError::TooLarge {
-                        name: name.to_owned(),
-                        limit: self.inner.cfg.max_response_bytes,
-                    },
-                    ReadError::Http(reason) => FederationError::Http {
-                        name: name.to_owned(),
-                        reason,
-                    },
-                })?;
+            let body = read_capped(
+                resp.into_body(),
+                &resp_headers,
+                self.inner.cfg.max_response_bytes,
+            )
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => FederationError::TooLarge {
+                    name: name.to_owned(),
+                    limit: self.inner.cfg.max_response_bytes,
+                },
+                ReadError::Http(reason) => FederationError::Http {
+                    name: name.to_owned(),
+                    reason,
+                },
+            })?;
             self.put_idle(
                 key.clone(),
                 Pooled {
@@ -551,16 +555,15 @@ enum ReadError {
     Http(String),
 }
 
-async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Result<Bytes, ReadError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ReadError::Http(format!("reading body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > cap {
-                return Err(ReadError::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
+async fn read_capped(
+    body: hyper::body::Incoming,
+    headers: &HeaderMap,
+    cap: usize,
+) -> Result<Bytes, ReadError> {
+    homeport_resolve::body::read_capped(body, headers, cap)
+        .await
+        .map_err(|e| match e {
+            homeport_resolve::body::BodyError::TooLarge(_) => ReadError::TooLarge,
+            other => ReadError::Http(other.to_string()),
+        })
 }

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod body;
 pub mod cache_control;
 pub mod clock;
 pub mod dns;

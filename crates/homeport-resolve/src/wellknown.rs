@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use homeport_core::ServerName;
 use homeport_core::well_known::{ServerWellKnown, WellKnownError};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::Empty;
 use hyper::StatusCode;
 use rand::Rng as _;
 use rustls::pki_types::ServerName as TlsServerName;
@@ -681,27 +681,15 @@ async fn get_once(
 }
 
 async fn read_capped(
-    mut body: hyper::body::Incoming,
+    body: hyper::body::Incoming,
     _status: StatusCode,
     headers: &http::HeaderMap,
 ) -> Result<Bytes, WellKnownFailure> {
-    if let Some(len) = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len >= MAX_BODY as u64
-    {
-        return Err(WellKnownFailure::TooLarge(MAX_BODY));
-    }
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| WellKnownFailure::Http(format!("reading body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() >= MAX_BODY {
-                return Err(WellKnownFailure::TooLarge(MAX_BODY));
-            }
-        }
-    }
-    Ok(buf.freeze())
+    // Synapse refuses a body of MAX_BODY bytes or more: at most one less.
+    crate::body::read_capped(body, headers, MAX_BODY - 1)
+        .await
+        .map_err(|e| match e {
+            crate::body::BodyError::TooLarge(_) => WellKnownFailure::TooLarge(MAX_BODY),
+            other => WellKnownFailure::Http(other.to_string()),
+        })
 }
