@@ -249,7 +249,7 @@ impl XMatrix {
             ..*req
         }
         .signed_bytes()?;
-        key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&raw))
+        crate::signing::verify_strict(key, &bytes, &ed25519_dalek::Signature::from_bytes(&raw))
             .map_err(|_| XMatrixError::BadSignature {
                 origin: self.origin.as_str().to_owned(),
                 key: self.key.as_str().to_owned(),
