@@ -14,13 +14,11 @@ use homeport_resolve::dns::SrvAnswer;
 use homeport_resolve::{Destination, Resolution, Step, WellKnownFailure};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use crate::client::{FederationClient, Signer};
+use crate::client::{FederationClient, Sender, Signer, http_handshake};
 use crate::connect::{self, ConnInfo};
 use crate::keys::{KeyFetcher, MemoryKeyStore, now_ms};
 
@@ -554,11 +552,6 @@ fn chain_valid_for(
         .is_ok()
 }
 
-enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
-}
-
 struct Exchange {
     status: StatusCode,
     headers: HeaderMap,
@@ -618,24 +611,7 @@ async fn exchange(
 }
 
 async fn open(conn: connect::Connection) -> Result<(Sender, ConnInfo), String> {
-    let info = conn.info.clone();
-    let io = TokioIo::new(conn.stream);
-    let sender = if info.alpn.as_deref() == Some("h2") {
-        let (s, c) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = c.await;
-        });
-        Sender::H2(s)
-    } else {
-        let (s, c) = http1::handshake(io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = c.await;
-        });
-        Sender::H1(s)
-    };
-    Ok((sender, info))
+    http_handshake(conn).await.map_err(|e| e.to_string())
 }
 
 fn is_json(e: &Exchange) -> bool {

@@ -160,9 +160,33 @@ impl Response {
     }
 }
 
-enum Sender {
+/// The HTTP side of one connection (HTTP/2 when ALPN chose it).
+pub(crate) enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// The HTTP handshake on an established TLS connection; the connection
+/// task runs in the background.
+pub(crate) async fn http_handshake(
+    conn: connect::Connection,
+) -> Result<(Sender, ConnInfo), hyper::Error> {
+    let info = conn.info.clone();
+    let io = TokioIo::new(conn.stream);
+    let sender = if info.alpn.as_deref() == Some("h2") {
+        let (s, c) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            let _ = c.await;
+        });
+        Sender::H2(s)
+    } else {
+        let (s, c) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = c.await;
+        });
+        Sender::H1(s)
+    };
+    Ok((sender, info))
 }
 
 struct Pooled {
@@ -438,28 +462,12 @@ impl FederationClient {
                 name: name.to_owned(),
                 attempts,
             })?;
-        let info = conn.info.clone();
-        let io = TokioIo::new(conn.stream);
-        let http_err = |e: hyper::Error| FederationError::Http {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        };
-        let sender = if info.alpn.as_deref() == Some("h2") {
-            let (s, c) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(http_err)?;
-            tokio::spawn(async move {
-                let _ = c.await;
-            });
-            Sender::H2(s)
-        } else {
-            let (s, c) = http1::handshake(io).await.map_err(http_err)?;
-            tokio::spawn(async move {
-                let _ = c.await;
-            });
-            Sender::H1(s)
-        };
-        Ok((sender, info))
+        http_handshake(conn)
+            .await
+            .map_err(|e| FederationError::Http {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     fn take_idle(&self, key: &str) -> Option<Pooled> {
