@@ -52,6 +52,9 @@ pub enum NotaryError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The store (the database) cannot be reached right now.
+    #[error("the notary's key store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A countersigned answer: (stored `fetched_at`, our key ids, the answer).
@@ -171,19 +174,42 @@ impl Notary {
         }
         let futs = criteria.into_iter().map(|c| self.one(c, own_cert));
         let results = futures_util::future::join_all(futs).await;
-        Ok(json!({ "server_keys": results.into_iter().flatten().collect::<Vec<_>>() }))
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(json!({ "server_keys": out }))
     }
 
-    async fn one(&self, c: Criteria, own_cert: Option<&[u8]>) -> Option<Value> {
+    async fn one(
+        &self,
+        c: Criteria,
+        own_cert: Option<&[u8]>,
+    ) -> Result<Option<Value>, NotaryError> {
         let now = now_ms();
         if c.server == self.own.server_name().as_str() {
-            return self
+            return Ok(self
                 .own
                 .document(now, own_cert)
                 .ok()
-                .map(|(d, _)| (*d).clone());
+                .map(|(d, _)| (*d).clone()));
         }
-        let stored = self.store.server_keys(&c.server).ok().flatten();
+        let stored = match self.store.server_keys(&c.server).await {
+            Ok(s) => s,
+            Err(e) if e.is_unavailable() => {
+                self.metrics.notary(NotaryResult::Error);
+                return Err(NotaryError::Unavailable(e.to_string()));
+            }
+            Err(e) => {
+                // A row that cannot be read is refetched (and replaced).
+                tracing::warn!(server = %c.server, error = %e, "stored keys unreadable; refetching");
+                None
+            }
+        };
+        Ok(self.one_with(c, stored, now).await)
+    }
+
+    async fn one_with(&self, c: Criteria, stored: Option<StoredKeys>, now: u64) -> Option<Value> {
         if let Some(s) = &stored {
             let half_life = s.fetched_at + s.valid_until_ts.saturating_sub(s.fetched_at) / 2;
             if now < half_life
@@ -206,7 +232,7 @@ impl Notary {
                     fetched_at: f.fetched_at,
                     valid_until_ts: f.report.valid_until_ts.unwrap_or(0),
                 };
-                if let Err(e) = self.store.put_server_keys(&entry) {
+                if let Err(e) = self.store.put_server_keys(&entry).await {
                     tracing::warn!(server = %c.server, error = %e, "cannot store fetched keys");
                 }
                 self.metrics.notary(NotaryResult::Miss);

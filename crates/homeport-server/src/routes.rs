@@ -292,6 +292,12 @@ fn notary_error(e: &NotaryError) -> Response<Body> {
             }
             r
         }
+        NotaryError::Unavailable(_) => {
+            let mut r = proxy::error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string());
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
     }
 }
 

@@ -14,14 +14,14 @@ use tokio::sync::watch;
 
 use crate::acme::{self, AcmeManager, AcmeResolver, AcmeSettings, AcmeTuning, Challenges};
 use crate::certs::{CertError, ReloadOutcome, ReloadableCert};
-use crate::config::{Config, Database, HostHeaderPolicy, ListenerKind, ResourceName};
+use crate::config::{Config, HostHeaderPolicy, ListenerKind, ResourceName};
 use crate::keyserver::{KeyServer, OldKey};
 use crate::listen::{self, Listener};
 use crate::metrics::Metrics;
 use crate::notary::{Notary, NotaryLimits};
 use crate::proxy::{HostPolicy, Proxy};
 use crate::routes::{self, AppState, Resources, WellKnownDocs};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,27 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     monitor: Option<tokio::task::JoinHandle<()>>,
+    purge: Option<tokio::task::JoinHandle<()>>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+}
+
+/// Delete expired cache entries and leases every ten minutes.
+fn spawn_purge(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match store
+                .purge_expired(homeport_federation::keys::now_ms())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "store: expired entries deleted"),
+                Err(e) => tracing::debug!(error = %e, "store: purge skipped"),
+            }
+        }
+    })
 }
 
 impl std::fmt::Debug for Running {
@@ -214,15 +235,8 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
     } else {
         None
     };
-    let store: Arc<dyn Store> = match &cfg.database {
-        Database::Sqlite(args) => Arc::new(SqliteStore::open(&args.database)?),
-        #[allow(unreachable_patterns)]
-        _ => {
-            return Err(ServeError::Setup(
-                "only the sqlite3 database is supported by this build".into(),
-            ));
-        }
-    };
+    let store: Arc<dyn Store> = crate::store::open(&cfg.database).await?;
+    tracing::info!(backend = store.backend(), at = %store.location(), "store open");
     let metrics = Arc::new(Metrics::default());
     let notary = if cfg.notary.enabled {
         let (rc, tls) = outbound(cfg)?;
@@ -389,7 +403,10 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
     if let Some(c) = &cert {
         metrics.cert_expiry("tls", c.expires_in());
     }
+    let purge = Some(spawn_purge(store.clone()));
     Ok(Running {
+        store,
+        purge,
         addrs,
         acme_responder_addrs,
         cert,
@@ -453,6 +470,9 @@ impl Running {
         }
         if let Some(m) = self.monitor {
             m.abort();
+        }
+        if let Some(p) = self.purge {
+            p.abort();
         }
         if let Some(t) = self.acme_task {
             t.abort();

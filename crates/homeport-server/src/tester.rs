@@ -68,6 +68,18 @@ pub struct Tester {
     flight: SingleFlight<String, Result<Arc<Rendered>, String>>,
     clients: crate::ratelimit::PerClient,
     targets: Mutex<HashMap<String, Instant>>,
+    /// This instance's lease holder id.
+    instance: String,
+}
+
+/// Who runs a fresh check.
+enum Claim {
+    /// This instance, now.
+    Mine,
+    /// Nobody: this instance checked moments ago (seconds to wait).
+    Recent(u64),
+    /// Another instance holds the target's lease (seconds to wait).
+    Elsewhere(u64),
 }
 
 impl std::fmt::Debug for Tester {
@@ -194,6 +206,7 @@ impl Tester {
             limits,
             flight: SingleFlight::new(),
             targets: Mutex::new(HashMap::new()),
+            instance: crate::store::instance_id().to_owned(),
         }
     }
 
@@ -201,43 +214,89 @@ impl Tester {
         self.clients.admit(ip)
     }
 
-    /// The report for `name`: cached, shared with a running check, or
-    /// fresh (at most one fresh check per target per interval).
+    /// The cached report for `key`, if any.
+    async fn cached(&self, key: &str) -> Option<Arc<Rendered>> {
+        let v = self.store.kv_get("tester", key, now_ms()).await.ok()??;
+        let (full, compat) = (v.get("full")?, v.get("compat")?);
+        Some(Arc::new(Rendered {
+            full: full.clone(),
+            compat: compat.clone(),
+            ok: full["ok"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    /// May this instance run a fresh check of `key` now? One fresh check
+    /// per target per interval across every instance sharing the store
+    /// (a lease in the store); this instance's own record when the store
+    /// cannot be reached.
+    async fn claim(&self, key: &str) -> Claim {
+        let now = now_ms();
+        let hold = self.limits.per_target_interval.max(self.limits.deadline);
+        let until = now.saturating_add(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX));
+        let lease = format!("tester:{key}");
+        let retry = self.limits.per_target_interval.as_secs().max(1);
+        match self
+            .store
+            .try_lease(&lease, &self.instance, now, until)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Claim::Elsewhere(retry),
+            Err(e) => {
+                tracing::debug!(error = %e, "tester: store unavailable; per-target limit is per instance");
+            }
+        }
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(last) = t.get(key) {
+            let since = now.duration_since(*last);
+            if since < self.limits.per_target_interval {
+                return Claim::Recent((self.limits.per_target_interval - since).as_secs().max(1));
+            }
+        }
+        t.insert(key.to_owned(), now);
+        if t.len() > 10_000 {
+            let iv = self.limits.per_target_interval;
+            t.retain(|_, v| now.duration_since(*v) < iv);
+        }
+        Claim::Mine
+    }
+
+    /// The report for `name`: cached, shared with a running check (here or
+    /// on another instance sharing the store), or fresh (at most one fresh
+    /// check per target per interval).
     pub async fn report(
         &self,
         name: &ServerName,
         no_cache: bool,
     ) -> Result<Arc<Rendered>, (StatusCode, u64, String)> {
         let key = name.to_lowercase();
-        if !no_cache
-            && let Ok(Some(v)) = self.store.kv_get("tester", &key, now_ms())
-            && let (Some(full), Some(compat)) = (v.get("full"), v.get("compat"))
-        {
-            return Ok(Arc::new(Rendered {
-                full: full.clone(),
-                compat: compat.clone(),
-                ok: full["ok"].as_bool().unwrap_or(false),
-            }));
+        if !no_cache && let Some(r) = self.cached(&key).await {
+            return Ok(r);
         }
         let r = self
             .flight
             .run(key.clone(), || async {
-                {
-                    let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = Instant::now();
-                    if let Some(last) = t.get(&key) {
-                        let since = now.duration_since(*last);
-                        if since < self.limits.per_target_interval {
-                            return Err(format!(
-                                "retry:{}",
-                                (self.limits.per_target_interval - since).as_secs().max(1)
-                            ));
+                match self.claim(&key).await {
+                    Claim::Mine => {}
+                    Claim::Recent(secs) => return Err(format!("retry:{secs}")),
+                    Claim::Elsewhere(secs) => {
+                        if no_cache {
+                            return Err(format!("retry:{secs}"));
                         }
-                    }
-                    t.insert(key.clone(), now);
-                    if t.len() > 10_000 {
-                        let iv = self.limits.per_target_interval;
-                        t.retain(|_, v| now.duration_since(*v) < iv);
+                        // Another instance checks this target: its report
+                        // lands in the shared cache.
+                        let give_up = Instant::now() + self.limits.deadline;
+                        while Instant::now() < give_up {
+                            if let Some(r) = self.cached(&key).await {
+                                return Ok(r);
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        return Err(format!(
+                            "another instance is checking {name}; its report did not arrive within {:?}",
+                            self.limits.deadline
+                        ));
                     }
                 }
                 let start = Instant::now();
@@ -266,12 +325,18 @@ impl Tester {
                     ok: report.ok,
                 };
                 let ttl = u64::try_from(self.limits.cache_ttl.as_millis()).unwrap_or(u64::MAX);
-                let _ = self.store.kv_put(
-                    "tester",
-                    &key,
-                    &json!({"full": rendered.full, "compat": rendered.compat}),
-                    now_ms().saturating_add(ttl),
-                );
+                if let Err(e) = self
+                    .store
+                    .kv_put(
+                        "tester",
+                        &key,
+                        &json!({"full": rendered.full, "compat": rendered.compat}),
+                        now_ms().saturating_add(ttl),
+                    )
+                    .await
+                {
+                    tracing::warn!(target = %name, error = %e, "tester: cannot cache the report");
+                }
                 Ok(Arc::new(rendered))
             })
             .await;

@@ -310,7 +310,7 @@ async fn notary_miss_then_hit_keeps_origin_signature_and_adds_its_own() {
     }
     assert_eq!(o.origin.requests().len(), 1, "second answer from the store");
     assert_eq!(f.state.metrics.notary_counts(), (1, 1, 0));
-    assert!(store.server_keys(&o.origin_name).unwrap().is_some());
+    assert!(store.server_keys(&o.origin_name).await.unwrap().is_some());
     // GET form.
     let path = format!("/_matrix/key/v2/query/{}", o.origin_name);
     let (s, _, b) = call(&r, get(&path)).await;
@@ -340,6 +340,7 @@ async fn notary_serves_stale_when_the_origin_is_down() {
             fetched_at: now_ms() - DAY,
             valid_until_ts: now_ms() + 1000,
         })
+        .await
         .unwrap();
     o.origin.set_handler(Scripted::new(503));
     let f = notary_state(&o, store, loopback_allowed());

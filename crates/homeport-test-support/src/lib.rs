@@ -44,6 +44,7 @@ mod certs;
 mod dns;
 mod http;
 mod net;
+pub mod postgres;
 
 pub use certs::{
     IssueOpts, TestCa, TestCert, client_config, client_config_with, client_roots, self_signed,

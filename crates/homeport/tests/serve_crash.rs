@@ -361,15 +361,17 @@ fn check_answer(entry: &Value, name: &str, o: &Origins, notary_key: &SigningKey)
 /// Open the store the way serve does; integrity check; every acknowledged
 /// origin is present; every present row is the origin's exact document.
 /// Returns how many origins are stored.
-fn check_store(db: &Path, o: &Origins, acked: &BTreeMap<String, Value>) -> usize {
+async fn check_store(db: &Path, o: &Origins, acked: &BTreeMap<String, Value>) -> usize {
     let store = SqliteStore::open(db).unwrap_or_else(|e| panic!("store does not open: {e}"));
     store
         .integrity_check()
+        .await
         .unwrap_or_else(|e| panic!("integrity check after kill -9: {e}"));
     let mut stored = 0;
     for (name, doc) in o.docs.iter() {
         let row = store
             .server_keys(name)
+            .await
             .unwrap_or_else(|e| panic!("{name}: reading the store: {e}"));
         match row {
             Some(row) => {
@@ -532,7 +534,7 @@ async fn scenario() {
 
         // After a crash: the store opens, passes the integrity check and
         // holds every acknowledged answer.
-        let stored = check_store(&db, &o, &acked);
+        let stored = check_store(&db, &o, &acked).await;
         // The restarted notary answers them from the store, identically,
         // without asking the origins again.
         let hits_before = origin_hits(&o);
@@ -597,7 +599,7 @@ async fn scenario() {
             }
             assert_eq!(acked.len(), ORIGINS);
             assert_eq!(serve.sigterm().await, Some(0), "{}", serve.log_text());
-            assert_eq!(check_store(&db, &o, &acked), ORIGINS);
+            assert_eq!(check_store(&db, &o, &acked).await, ORIGINS);
             break;
         }
 

@@ -1,0 +1,767 @@
+//! The PostgreSQL backend, for several instances sharing one database:
+//! a deadpool of tokio-postgres connections (`cp_max`, with `cp_min` opened
+//! at start), statements prepared once per connection, every write one
+//! transaction.
+//!
+//! When the database goes away (restart, failover, network), pooled
+//! connections that closed are dropped when next taken, and new ones are
+//! tried with exponential back-off (250 ms doubling to 10 s, jittered):
+//! between attempts every call fails at once with
+//! [`StoreError::Unavailable`] (the HTTP layer answers 503) instead of
+//! queueing behind a dead server. Calls are idempotent, so one that fails
+//! because its connection closed under it is retried once on a fresh one.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::schema::{self, Dialect};
+use super::{
+    ImportCounts, KvEntry, Snapshot, Store, StoreError, StoreLock, StoredKeys, parse_json, to_i64,
+    to_json_text, to_u64,
+};
+use crate::config::PostgresArgs;
+
+/// How long one connection attempt, one wait for a free connection and
+/// one statement may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The advisory lock taken while migrating (any constant; "hpmg").
+const MIGRATION_LOCK: i64 = 0x6870_6d67;
+
+const UPSERT_KEYS: &str = "INSERT INTO server_keys (server_name, json, fetched_at, valid_until_ts) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (server_name) DO UPDATE SET json = excluded.json, fetched_at = excluded.fetched_at,
+         valid_until_ts = excluded.valid_until_ts
+     WHERE excluded.valid_until_ts >= server_keys.valid_until_ts OR excluded.fetched_at > server_keys.fetched_at";
+
+const UPSERT_KV: &str = "INSERT INTO kv (namespace, key, value, expires) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, expires = excluded.expires";
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    where_: String,
+    health: Arc<Mutex<Health>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("at", &self.where_)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQLSTATE: an I/O error or a timeout on the socket.
+        None => e.as_db_error().is_none(),
+        Some(c) => {
+            c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::TOO_MANY_CONNECTIONS
+                || *c == SqlState::READ_ONLY_SQL_TRANSACTION
+        }
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// What one call failed with: a connection problem (retry once, mark
+/// down) or a real error.
+enum Fail {
+    Conn(String),
+    Other(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_connection_error(&e) {
+            Fail::Conn(describe(&e))
+        } else {
+            Fail::Other(StoreError::Query(describe(&e)))
+        }
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Other(e)
+    }
+}
+
+fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.user(&args.user).dbname(&args.dbname).port(args.port);
+    if let Some(p) = &args.password {
+        c.password(p);
+    }
+    if args.host.starts_with('/') {
+        c.host_path(&args.host);
+    } else {
+        c.host(&args.host);
+    }
+    c.connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .application_name("homeport")
+        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    c
+}
+
+impl PgStore {
+    /// Connect (opening `cp_min` connections), check that the database is
+    /// homeport's own, and migrate it. A database that cannot be reached
+    /// here is an error: `serve` does not start without its store.
+    pub async fn connect(args: &PostgresArgs) -> Result<Self, StoreError> {
+        let where_ = format!(
+            "postgresql://{}@{}:{}/{}",
+            args.user, args.host, args.port, args.dbname
+        );
+        let mgr = Manager::from_config(
+            pg_config(args),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(args.cp_max.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: where_.clone(),
+                reason: e.to_string(),
+            })?;
+        let store = PgStore {
+            pool,
+            where_: where_.clone(),
+            health: Arc::new(Mutex::new(Health::default())),
+        };
+        let open_err = |reason: String| StoreError::Open {
+            path: where_.clone(),
+            reason,
+        };
+        // cp_min connections up front (the first one migrates).
+        let mut conns = Vec::new();
+        for _ in 0..args.cp_min.max(1) {
+            conns.push(
+                store
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| open_err(pool_error(&e)))?,
+            );
+        }
+        if let Some(first) = conns.first_mut() {
+            migrate(first).await.map_err(|f| match f {
+                Fail::Conn(m) => open_err(m),
+                Fail::Other(StoreError::Query(m)) => open_err(m),
+                Fail::Other(e) => e,
+            })?;
+        }
+        Ok(store)
+    }
+
+    fn unavailable(&self, why: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "the database at {} is unreachable: {why}",
+            self.where_
+        ))
+    }
+
+    fn mark_down(&self, why: &str) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.failures = h.failures.saturating_add(1);
+        let exp = h.failures.saturating_sub(1).min(10);
+        let d = BACKOFF_FIRST.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        let d = d / 2 + (d / 2).mul_f64(rand::random::<f64>());
+        if h.failures == 1 {
+            tracing::warn!(database = %self.where_, error = why, "store: database unreachable; retrying with back-off");
+        }
+        h.retry_at = Some(Instant::now() + d);
+        why.clone_into(&mut h.last_error);
+    }
+
+    fn mark_up(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if h.failures > 0 {
+            tracing::info!(database = %self.where_, after = h.failures, "store: database reachable again");
+        }
+        *h = Health::default();
+    }
+
+    /// A pooled connection, or Unavailable while backing off.
+    async fn conn(&self) -> Result<Object, StoreError> {
+        {
+            let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = h.retry_at {
+                let left = at.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    return Err(self.unavailable(&format!(
+                        "{} (next attempt in {} ms)",
+                        h.last_error,
+                        left.as_millis()
+                    )));
+                }
+            }
+        }
+        match self.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let why = pool_error(&e);
+                self.mark_down(&why);
+                Err(self.unavailable(&why))
+            }
+        }
+    }
+
+    /// Run `f` on a connection; retried once on a fresh connection when the
+    /// first one turns out closed.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = (Object, Result<T, Fail>)>,
+    {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let c = self.conn().await?;
+            let (c, r) = f(c).await;
+            match r {
+                Ok(v) => {
+                    self.mark_up();
+                    return Ok(v);
+                }
+                Err(Fail::Other(e)) => return Err(e),
+                Err(Fail::Conn(why)) => {
+                    // This connection is done for; do not return it.
+                    drop(Object::take(c));
+                    last = why;
+                }
+            }
+        }
+        self.mark_down(&last);
+        Err(self.unavailable(&last))
+    }
+}
+
+fn pool_error(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
+    }
+}
+
+async fn migrate(c: &mut Object) -> Result<(), Fail> {
+    let tx = c.transaction().await?;
+    // Two instances starting at once: the second waits here, then finds the
+    // schema current.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS homeport_schema_version (version BIGINT NOT NULL)",
+    )
+    .await?;
+    let version: i64 = tx
+        .query_opt("SELECT version FROM homeport_schema_version", &[])
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    if version > schema::latest() {
+        return Err(Fail::Other(StoreError::Query(schema::too_new(version))));
+    }
+    if version == 0 {
+        for t in schema::HOMESERVER_TABLES {
+            let found: bool = tx
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("public.{t}")],
+                )
+                .await?
+                .get(0);
+            if found {
+                return Err(Fail::Other(StoreError::Query(format!(
+                    "this looks like a homeserver's database (it has a table `{t}`); \
+                     homeport needs a database of its own (DESIGN: never the homeserver's)"
+                ))));
+            }
+        }
+        tx.execute(
+            "INSERT INTO homeport_schema_version (version) VALUES (0)",
+            &[],
+        )
+        .await?;
+    }
+    for i in 0..schema::MIGRATIONS.len() {
+        let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if v > version {
+            for s in schema::statements(i, Dialect::Postgres) {
+                tx.batch_execute(&s).await?;
+            }
+            tx.execute("UPDATE homeport_schema_version SET version = $1", &[&v])
+                .await?;
+            tracing::info!(version = v, "store: migrated the PostgreSQL schema");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A stable advisory lock key for `name`.
+fn lock_key(name: &str) -> i64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(format!("homeport:{name}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// A session advisory lock: the connection is kept out of the pool while
+/// held and closed on release, which releases the lock (as the database
+/// does when the process dies).
+struct AdvisoryLock(Option<Object>);
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            drop(Object::take(o));
+        }
+    }
+}
+
+async fn put_keys(tx: &deadpool_postgres::Transaction<'_>, keys: &StoredKeys) -> Result<u64, Fail> {
+    let text = to_json_text(&keys.json)?;
+    let st = tx.prepare_cached(UPSERT_KEYS).await?;
+    let p: [&(dyn ToSql + Sync); 4] = [
+        &keys.server_name,
+        &text,
+        &to_i64(keys.fetched_at),
+        &to_i64(keys.valid_until_ts),
+    ];
+    Ok(tx.execute(&st, &p).await?)
+}
+
+/// Run `$f(&mut conn, args...)` through [`PgStore::run`].
+macro_rules! call {
+    ($store:expr, $f:ident($($arg:expr),*)) => {
+        $store
+            .run(|mut c| async move {
+                let r = $f(&mut c, $($arg),*).await;
+                (c, r)
+            })
+            .await
+    };
+}
+
+async fn q_server_keys(c: &mut Object, server: &str) -> Result<Option<StoredKeys>, Fail> {
+    let st = c
+        .prepare_cached(
+            "SELECT json, fetched_at, valid_until_ts FROM server_keys WHERE server_name = $1",
+        )
+        .await?;
+    let Some(row) = c.query_opt(&st, &[&server]).await? else {
+        return Ok(None);
+    };
+    let text: String = row.get(0);
+    Ok(Some(StoredKeys {
+        server_name: server.to_owned(),
+        json: parse_json(&text, server)?,
+        fetched_at: to_u64(row.get(1)),
+        valid_until_ts: to_u64(row.get(2)),
+    }))
+}
+
+async fn q_put_server_keys(c: &mut Object, keys: &StoredKeys) -> Result<(), Fail> {
+    let tx = c.transaction().await?;
+    put_keys(&tx, keys).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn q_kv_get(c: &mut Object, ns: &str, key: &str, now: i64) -> Result<Option<Value>, Fail> {
+    let st = c
+        .prepare_cached("SELECT value FROM kv WHERE namespace = $1 AND key = $2 AND expires > $3")
+        .await?;
+    match c.query_opt(&st, &[&ns, &key, &now]).await? {
+        None => Ok(None),
+        Some(r) => {
+            let t: String = r.get(0);
+            Ok(Some(parse_json(&t, &format!("{ns}/{key}"))?))
+        }
+    }
+}
+
+async fn q_kv_put(
+    c: &mut Object,
+    ns: &str,
+    key: &str,
+    text: &str,
+    expires: i64,
+) -> Result<(), Fail> {
+    let st = c.prepare_cached(UPSERT_KV).await?;
+    c.execute(&st, &[&ns, &key, &text, &expires]).await?;
+    Ok(())
+}
+
+async fn q_kv_insert_new(
+    c: &mut Object,
+    ns: &str,
+    key: &str,
+    text: &str,
+    expires: i64,
+    now: i64,
+) -> Result<Value, Fail> {
+    let tx = c.transaction().await?;
+    tx.execute(
+        "INSERT INTO kv (namespace, key, value, expires) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, expires = excluded.expires
+         WHERE kv.expires <= $5",
+        &[&ns, &key, &text, &expires, &now],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT value FROM kv WHERE namespace = $1 AND key = $2",
+            &[&ns, &key],
+        )
+        .await?;
+    tx.commit().await?;
+    let t: String = row.get(0);
+    Ok(parse_json(&t, &format!("{ns}/{key}"))?)
+}
+
+async fn q_kv_take(c: &mut Object, ns: &str, key: &str, now: u64) -> Result<Option<Value>, Fail> {
+    let row = c
+        .query_opt(
+            "DELETE FROM kv WHERE namespace = $1 AND key = $2 RETURNING value, expires",
+            &[&ns, &key],
+        )
+        .await?;
+    match row {
+        Some(r) if to_u64(r.get(1)) > now => {
+            let t: String = r.get(0);
+            Ok(Some(parse_json(&t, &format!("{ns}/{key}"))?))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn q_kv_delete(c: &mut Object, ns: &str, key: &str) -> Result<(), Fail> {
+    c.execute(
+        "DELETE FROM kv WHERE namespace = $1 AND key = $2",
+        &[&ns, &key],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn q_try_lease(
+    c: &mut Object,
+    name: &str,
+    holder: &str,
+    now: i64,
+    until: i64,
+) -> Result<bool, Fail> {
+    let st = c
+        .prepare_cached(
+            "INSERT INTO leases (name, holder, expires) VALUES ($1, $2, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+             WHERE leases.expires <= $3 OR leases.holder = excluded.holder
+             RETURNING holder",
+        )
+        .await?;
+    Ok(c.query_opt(&st, &[&name, &holder, &now, &until])
+        .await?
+        .is_some())
+}
+
+async fn q_release_lease(c: &mut Object, name: &str, holder: &str) -> Result<(), Fail> {
+    c.execute(
+        "DELETE FROM leases WHERE name = $1 AND holder = $2",
+        &[&name, &holder],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn q_purge(c: &mut Object, now: i64) -> Result<u64, Fail> {
+    let tx = c.transaction().await?;
+    let a = tx
+        .execute("DELETE FROM kv WHERE expires <= $1", &[&now])
+        .await?;
+    let b = tx
+        .execute("DELETE FROM leases WHERE expires <= $1", &[&now])
+        .await?;
+    tx.commit().await?;
+    Ok(a + b)
+}
+
+async fn q_export(c: &mut Object, now: i64) -> Result<Snapshot, Fail> {
+    let mut snap = Snapshot::default();
+    for r in c
+        .query(
+            "SELECT server_name, json, fetched_at, valid_until_ts FROM server_keys ORDER BY server_name",
+            &[],
+        )
+        .await?
+    {
+        let name: String = r.get(0);
+        let text: String = r.get(1);
+        snap.server_keys.push(StoredKeys {
+            json: parse_json(&text, &name)?,
+            server_name: name,
+            fetched_at: to_u64(r.get(2)),
+            valid_until_ts: to_u64(r.get(3)),
+        });
+    }
+    for r in c
+        .query(
+            "SELECT namespace, key, value, expires FROM kv WHERE expires > $1 ORDER BY namespace, key",
+            &[&now],
+        )
+        .await?
+    {
+        let namespace: String = r.get(0);
+        let key: String = r.get(1);
+        let text: String = r.get(2);
+        snap.kv.push(KvEntry {
+            value: parse_json(&text, &format!("{namespace}/{key}"))?,
+            namespace,
+            key,
+            expires: to_u64(r.get(3)),
+        });
+    }
+    Ok(snap)
+}
+
+async fn q_import(c: &mut Object, snapshot: &Snapshot) -> Result<ImportCounts, Fail> {
+    let tx = c.transaction().await?;
+    let mut counts = ImportCounts::default();
+    for k in &snapshot.server_keys {
+        counts.server_keys += usize::try_from(put_keys(&tx, k).await?).unwrap_or(0);
+    }
+    let st = tx.prepare_cached(UPSERT_KV).await?;
+    for e in &snapshot.kv {
+        let text = to_json_text(&e.value)?;
+        let n = tx
+            .execute(&st, &[&e.namespace, &e.key, &text, &to_i64(e.expires)])
+            .await?;
+        counts.kv += usize::try_from(n).unwrap_or(0);
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+async fn q_version(c: &mut Object) -> Result<i64, Fail> {
+    Ok(
+        c.query_one("SELECT version FROM homeport_schema_version", &[])
+            .await?
+            .get(0),
+    )
+}
+
+async fn q_ping(c: &mut Object) -> Result<(), Fail> {
+    c.query_one("SELECT 1", &[]).await?;
+    Ok(())
+}
+
+async fn q_tables(c: &mut Object) -> Result<(), Fail> {
+    for t in schema::tables() {
+        let ok: bool = c
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("public.{t}")],
+            )
+            .await?
+            .get(0);
+        if !ok {
+            return Err(Fail::Other(StoreError::Query(format!(
+                "table {t} is missing"
+            ))));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "psycopg2"
+    }
+
+    fn location(&self) -> String {
+        self.where_.clone()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn server_keys(&self, server: &str) -> Result<Option<StoredKeys>, StoreError> {
+        call!(self, q_server_keys(server))
+    }
+
+    async fn put_server_keys(&self, keys: &StoredKeys) -> Result<(), StoreError> {
+        call!(self, q_put_server_keys(keys))
+    }
+
+    async fn kv_get(
+        &self,
+        namespace: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<Value>, StoreError> {
+        call!(self, q_kv_get(namespace, key, to_i64(now)))
+    }
+
+    async fn kv_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &Value,
+        expires: u64,
+    ) -> Result<(), StoreError> {
+        let text = to_json_text(value)?;
+        let text = text.as_str();
+        call!(self, q_kv_put(namespace, key, text, to_i64(expires)))
+    }
+
+    async fn kv_insert_new(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &Value,
+        expires: u64,
+        now: u64,
+    ) -> Result<Value, StoreError> {
+        let text = to_json_text(value)?;
+        let text = text.as_str();
+        call!(
+            self,
+            q_kv_insert_new(namespace, key, text, to_i64(expires), to_i64(now))
+        )
+    }
+
+    async fn kv_take(
+        &self,
+        namespace: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<Value>, StoreError> {
+        call!(self, q_kv_take(namespace, key, now))
+    }
+
+    async fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        call!(self, q_kv_delete(namespace, key))
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, StoreError> {
+        call!(self, q_try_lease(name, holder, to_i64(now), to_i64(until)))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        call!(self, q_release_lease(name, holder))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        let key = lock_key(name);
+        let mut last = String::new();
+        for _ in 0..2 {
+            let c = self.conn().await?;
+            match c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+            {
+                Ok(row) => {
+                    self.mark_up();
+                    let got: bool = row.get(0);
+                    return Ok(got.then(|| StoreLock::new(AdvisoryLock(Some(c)))));
+                }
+                Err(e) if is_connection_error(&e) => {
+                    drop(Object::take(c));
+                    last = describe(&e);
+                }
+                Err(e) => return Err(StoreError::Query(describe(&e))),
+            }
+        }
+        self.mark_down(&last);
+        Err(self.unavailable(&last))
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+        call!(self, q_purge(to_i64(now)))
+    }
+
+    async fn export(&self, now: u64) -> Result<Snapshot, StoreError> {
+        call!(self, q_export(to_i64(now)))
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> Result<ImportCounts, StoreError> {
+        call!(self, q_import(snapshot))
+    }
+
+    async fn version(&self) -> Result<i64, StoreError> {
+        call!(self, q_version())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        call!(self, q_ping())
+    }
+
+    async fn integrity_check(&self) -> Result<(), StoreError> {
+        let v = self.version().await?;
+        if v != schema::latest() {
+            return Err(StoreError::Query(format!(
+                "schema version {v}, expected {}",
+                schema::latest()
+            )));
+        }
+        call!(self, q_tables())
+    }
+}
