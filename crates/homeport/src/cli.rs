@@ -91,9 +91,11 @@ pub enum Command {
     /// SIGHUP reloads the certificate and the signing key file (a bad file
     /// keeps the current one and logs why); the certificate is also reloaded
     /// when its files change. SIGTERM drains in-flight requests and exits 0.
-    /// With --check-config, validates the configuration, prints `config OK`
-    /// (warnings on stderr) and exits; a bad config exits 2 with the file,
-    /// line and key.
+    /// With --check-config, validates the configuration, connects to the
+    /// store without changing it (PostgreSQL: reachable, credentials, not a
+    /// homeserver's database, schema version), prints `config OK` (the store
+    /// line and warnings on stderr) and exits; a bad config exits 2 with the
+    /// file, line and key, an unreachable store exits 1.
     #[command(
         after_help = "Examples:\n  homeport init --server-name example.org && homeport serve --check-config\n  homeport serve --config /etc/homeport/homeport.yaml\n  kill -HUP $(pidof homeport)   # reload certificates and keys"
     )]
@@ -131,6 +133,26 @@ pub enum Command {
     Acme {
         #[command(subcommand)]
         action: AcmeAction,
+    },
+
+    /// homeport's store: move it from SQLite to PostgreSQL, check it.
+    ///
+    /// `migrate` copies every fetched key response and every cached value
+    /// (tester reports, ACME account, certificate and state) from a SQLite
+    /// file into the database a config names, in one transaction: all or
+    /// nothing. Rows already in the target that are valid for longer are
+    /// kept; running it twice is harmless. Stop the instance that writes the
+    /// SQLite file first (or accept that what it writes afterwards stays
+    /// behind). `check` opens the store a config names (migrating its schema
+    /// if needed), runs its integrity check and prints what it holds. See
+    /// docs/scaling.md. Exit status: 0 done, 1 the store failed, 2 bad
+    /// arguments or config.
+    #[command(
+        after_help = "Examples:\n  homeport store migrate --from sqlite:/var/lib/homeport/homeport.db --to /etc/homeport/homeport.yaml\n  homeport store check --config /etc/homeport/homeport.yaml"
+    )]
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
     },
 
     /// Write a commented homeport.yaml and a new signing key.
@@ -358,6 +380,35 @@ pub enum Command {
         /// Input file; `-` or nothing reads stdin.
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
+    },
+}
+
+/// `homeport store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Copy a SQLite store into the store a config names.
+    Migrate {
+        /// The source: `sqlite:PATH` (an existing file) or a config file.
+        #[arg(long, value_name = "sqlite:PATH|CONFIG")]
+        from: String,
+        /// The target: a config file (its `database:` section), or
+        /// `sqlite:PATH` (an existing file).
+        #[arg(long, value_name = "CONFIG|sqlite:PATH")]
+        to: String,
+        /// Print what would be copied, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Open the store, run its integrity check, print what it holds.
+    Check {
+        /// The configuration file.
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            default_value = "homeport.yaml"
+        )]
+        config: PathBuf,
     },
 }
 

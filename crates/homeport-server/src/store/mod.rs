@@ -218,6 +218,49 @@ pub async fn open(db: &Database) -> Result<Arc<dyn Store>, StoreError> {
     })
 }
 
+/// Check the store the config names without changing it
+/// (`serve --check-config`): one line saying what was found.
+pub async fn probe(db: &Database) -> Result<String, StoreError> {
+    match db {
+        Database::Sqlite(args) => {
+            let p = &args.database;
+            if p == Path::new(":memory:") {
+                return Ok("store: sqlite3 in memory (nothing kept across restarts)".into());
+            }
+            if p.exists() {
+                let s = SqliteStore::open_existing(p)?;
+                Ok(format!(
+                    "store: sqlite3 {} (schema version {}, this homeport: {})",
+                    p.display(),
+                    s.version().await?,
+                    schema::latest()
+                ))
+            } else {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if !dir.is_dir() {
+                    return Err(StoreError::Open {
+                        path: p.display().to_string(),
+                        reason: format!("the directory {} does not exist", dir.display()),
+                    });
+                }
+                Ok(format!("store: sqlite3 {} (created at start)", p.display()))
+            }
+        }
+        Database::Postgres(args) => {
+            let v = PgStore::probe(args).await?;
+            let at = format!("postgresql://{}@{}:{}/{}", args.user, args.host, args.port, args.dbname);
+            Ok(if v == 0 {
+                format!("store: psycopg2 {at} reachable (empty: the schema is created at start)")
+            } else {
+                format!(
+                    "store: psycopg2 {at} reachable (schema version {v}, this homeport: {})",
+                    schema::latest()
+                )
+            })
+        }
+    }
+}
+
 /// Open a store from `sqlite:PATH` (an existing file only) or a config
 /// file's `database:` section (`homeport store migrate`).
 pub async fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {

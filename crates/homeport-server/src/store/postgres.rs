@@ -203,6 +203,57 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connect once without changing anything (`serve --check-config`):
+    /// reachable, credentials, homeport's own database; returns the schema
+    /// version found (0: empty, migrated at start).
+    pub async fn probe(args: &PostgresArgs) -> Result<i64, StoreError> {
+        let where_ = format!("postgresql://{}@{}:{}/{}", args.user, args.host, args.port, args.dbname);
+        let err = |reason: String| StoreError::Open {
+            path: where_.clone(),
+            reason,
+        };
+        let (client, conn) = pg_config(args)
+            .connect(NoTls)
+            .await
+            .map_err(|e| err(describe(&e)))?;
+        let task = tokio::spawn(conn);
+        let r = async {
+            let has_version: bool = client
+                .query_one("SELECT to_regclass('public.homeport_schema_version') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if has_version {
+                let v: i64 = client
+                    .query_one("SELECT version FROM homeport_schema_version", &[])
+                    .await?
+                    .get(0);
+                return Ok(Ok(v));
+            }
+            for t in schema::HOMESERVER_TABLES {
+                let found: bool = client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("public.{t}")])
+                    .await?
+                    .get(0);
+                if found {
+                    return Ok(Err(format!(
+                        "this looks like a homeserver's database (it has a table `{t}`); \
+                         homeport needs a database of its own"
+                    )));
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(Ok(0))
+        }
+        .await;
+        drop(client);
+        task.abort();
+        match r {
+            Ok(Ok(v)) if v > schema::latest() => Err(err(schema::too_new(v))),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(m)) => Err(err(m)),
+            Err(e) => Err(err(describe(&e))),
+        }
+    }
+
     fn unavailable(&self, why: &str) -> StoreError {
         StoreError::Unavailable(format!(
             "the database at {} is unreachable: {why}",

@@ -92,6 +92,33 @@ impl SqliteStore {
         })
     }
 
+    /// Open an existing file read-only, without migrating (checks).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        let p = path.display().to_string();
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: p.clone(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version > schema::latest() {
+            return Err(StoreError::Open {
+                path: p,
+                reason: schema::too_new(version),
+            });
+        }
+        let conn = Arc::new(Mutex::new(conn));
+        Ok(SqliteStore {
+            write: conn.clone(),
+            read: conn,
+            path: p,
+            file: Some(path.to_owned()),
+        })
+    }
+
     /// An in-memory database (tests, `database: :memory:`).
     pub fn memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(|e| StoreError::Open {

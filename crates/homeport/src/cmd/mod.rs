@@ -12,6 +12,7 @@ mod net;
 mod request;
 mod resolve;
 mod serve;
+mod store;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,12 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
                 force,
                 timeout,
             } => acme::renew(&config, force, timeout),
+        },
+        Command::Store { action } => match action {
+            crate::cli::StoreAction::Migrate { from, to, dry_run } => {
+                store::migrate(&from, &to, dry_run)
+            }
+            crate::cli::StoreAction::Check { config } => store::check(&config),
         },
         Command::Init { server_name, dir } => serve::init(&server_name, &dir),
         Command::Lab {

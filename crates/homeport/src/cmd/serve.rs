@@ -40,9 +40,20 @@ pub fn run(path: &Path, check_only: bool) -> CliResult<ExitCode> {
             homeport_server::certs::ReloadableCert::load(c, k)
                 .map_err(|e| CliError::invalid(e, None))?;
         }
+        // The store must be reachable (and homeport's own), without
+        // changing it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}"), None))?;
+        let line = rt
+            .block_on(homeport_server::store::probe(&cfg.database))
+            .map_err(|e| CliError::failed(e, "database".to_owned()))?;
         for w in cfg.warnings() {
             eprintln!("warning: {w}");
         }
+        // stdout stays exactly `config OK` (scripts match it).
+        eprintln!("{line}");
         println!("config OK");
         return Ok(ExitCode::SUCCESS);
     }
