@@ -68,6 +68,7 @@ use crate::certs::{self, LoadedCert, ReloadableCert};
 use crate::config::{Challenge, Config};
 use crate::listen::{self, Listener};
 use crate::metrics::Metrics;
+use crate::store::{NEVER, Store};
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -90,7 +91,19 @@ pub struct Challenges {
     http: Mutex<HashMap<String, String>>,
     /// tls-alpn-01: lower-cased name -> challenge certificate.
     tls: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// tls-alpn-01 answers synced from the shared store: name -> digest.
+    synced: Mutex<HashMap<String, Vec<u8>>>,
+    /// The store shared with other instances: http-01 tokens another
+    /// instance provisioned are answered from it.
+    shared: std::sync::OnceLock<Arc<dyn Store>>,
 }
+
+/// Store namespaces of the shared ACME state.
+const NS_ACME: &str = "acme";
+const NS_HTTP01: &str = "acme-http-01";
+const NS_TLSALPN01: &str = "acme-tls-alpn-01";
+/// How long a provisioned challenge stays in the shared store at most.
+const CHALLENGE_TTL_MS: u64 = 15 * 60 * 1000;
 
 impl std::fmt::Debug for Challenges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +120,66 @@ impl Challenges {
     /// The key authorization for an http-01 token, when one is presented.
     pub fn http_key_authorization(&self, token: &str) -> Option<String> {
         self.http.lock().ok()?.get(token).cloned()
+    }
+
+    /// Answer challenges other instances provision in `store` too.
+    pub fn share(&self, store: Arc<dyn Store>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// An http-01 answer from this instance, or from the shared store.
+    async fn http_answer(&self, token: &str) -> Option<String> {
+        if let Some(ka) = self.http_key_authorization(token) {
+            return Some(ka);
+        }
+        let store = self.shared.get()?;
+        let v = store
+            .kv_get(NS_HTTP01, token, now_unix().saturating_mul(1000))
+            .await
+            .ok()??;
+        v.as_str().map(str::to_owned)
+    }
+
+    /// Make the tls-alpn-01 answers in the shared store for `names` the
+    /// ones presented here (besides this instance's own).
+    async fn sync_tls(&self, names: &[String]) {
+        let Some(store) = self.shared.get() else {
+            return;
+        };
+        let now = now_unix().saturating_mul(1000);
+        let mut found: HashMap<String, Vec<u8>> = HashMap::new();
+        for n in names {
+            let n = n.to_ascii_lowercase();
+            if let Ok(Some(v)) = store.kv_get(NS_TLSALPN01, &n, now).await
+                && let Some(d) = v
+                    .as_str()
+                    .and_then(|b| homeport_core::base64::decode(b).ok())
+            {
+                found.insert(n, d);
+            }
+        }
+        let Ok(mut synced) = self.synced.lock() else {
+            return;
+        };
+        if *synced == found {
+            return;
+        }
+        let Ok(mut tls) = self.tls.lock() else {
+            return;
+        };
+        for n in synced.keys() {
+            if !found.contains_key(n) {
+                tls.remove(n);
+            }
+        }
+        for (n, d) in &found {
+            if synced.get(n) != Some(d)
+                && let Ok(c) = tls_alpn_cert(n, d)
+            {
+                tls.insert(n.clone(), Arc::new(c));
+            }
+        }
+        *synced = found;
     }
 
     /// The tls-alpn-01 certificate for `name`, when one is presented.
@@ -168,11 +241,27 @@ struct Provisioned {
     challenges: Arc<Challenges>,
     tokens: Vec<String>,
     names: Vec<String>,
+    shared: Option<Arc<dyn Store>>,
 }
 
 impl Drop for Provisioned {
     fn drop(&mut self) {
         self.challenges.remove(&self.tokens, &self.names);
+        // Shared answers: deleted now (they also expire).
+        if let Some(st) = self.shared.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let tokens = std::mem::take(&mut self.tokens);
+            let names = std::mem::take(&mut self.names);
+            rt.spawn(async move {
+                for t in tokens {
+                    let _ = st.kv_delete(NS_HTTP01, &t).await;
+                }
+                for n in names {
+                    let _ = st.kv_delete(NS_TLSALPN01, &n.to_ascii_lowercase()).await;
+                }
+            });
+        }
     }
 }
 
@@ -234,7 +323,7 @@ async fn http_challenge(
     State(ch): State<Arc<Challenges>>,
     UrlPath(token): UrlPath<String>,
 ) -> Response<Body> {
-    let mut r = match ch.http_key_authorization(&token) {
+    let mut r = match ch.http_answer(&token).await {
         Some(ka) => {
             tracing::debug!(%token, "answered an http-01 validation");
             Response::new(Body::from(ka))
@@ -271,6 +360,9 @@ pub struct AcmeTuning {
     pub backoff_max: Duration,
     /// Delay before looking again when another instance holds the lock.
     pub lock_retry: Duration,
+    /// With a shared store (PostgreSQL): how often each instance looks
+    /// for a certificate or tls-alpn-01 answer another instance stored.
+    pub shared_poll: Duration,
     /// How often a running server looks for a `homeport acme renew` request.
     pub request_poll: Duration,
 }
@@ -284,6 +376,7 @@ impl Default for AcmeTuning {
             backoff_base: Duration::from_secs(60),
             backoff_max: Duration::from_secs(6 * 3600),
             lock_retry: Duration::from_secs(60),
+            shared_poll: Duration::from_secs(5),
             request_poll: Duration::from_secs(2),
         }
     }
@@ -730,32 +823,40 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 }
 
 /// Load the account key, creating it (mode 0600, never overwriting) when
-/// missing. Returns the key and whether it was created.
+/// Parse an account key PEM (PKCS#8 ECDSA P-256); `what` names it in errors.
+fn parse_account_pem(pem: &[u8], what: &str) -> Result<PrivatePkcs8KeyDer<'static>, AcmeFailure> {
+    let key = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| AcmeFailure::local(format!("account key {what}: no PEM private key: {e}")))?;
+    let PrivateKeyDer::Pkcs8(der) = key else {
+        return Err(AcmeFailure::local(format!(
+            "account key {what}: not a PKCS#8 key (homeport writes ECDSA P-256 in PKCS#8 PEM)"
+        )));
+    };
+    Key::from_pkcs8_der(der.clone_key()).map_err(|e| {
+        AcmeFailure::local(format!("account key {what}: not an ECDSA P-256 key: {e}"))
+    })?;
+    Ok(der)
+}
+
+/// A new account key, as PEM.
+fn generate_account_pem() -> Result<String, AcmeFailure> {
+    let (_, der) = Key::generate_pkcs8()
+        .map_err(|e| AcmeFailure::local(format!("generating the account key: {e}")))?;
+    Ok(rcgen::KeyPair::try_from(der.secret_pkcs8_der())
+        .map_err(|e| AcmeFailure::local(format!("encoding the account key: {e}")))?
+        .serialize_pem())
+}
+
+/// Load the account key file, or create it (0600) when missing; two
+/// processes creating it at once end up with the same key.
 pub fn load_or_create_account_key(
     path: &Path,
 ) -> Result<(PrivatePkcs8KeyDer<'static>, bool), AcmeFailure> {
     let p = path.display();
     match std::fs::read(path) {
-        Ok(pem) => {
-            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-                AcmeFailure::local(format!("account key {p}: no PEM private key: {e}"))
-            })?;
-            let PrivateKeyDer::Pkcs8(der) = key else {
-                return Err(AcmeFailure::local(format!(
-                    "account key {p}: not a PKCS#8 key (homeport writes ECDSA P-256 in PKCS#8 PEM)"
-                )));
-            };
-            Key::from_pkcs8_der(der.clone_key()).map_err(|e| {
-                AcmeFailure::local(format!("account key {p}: not an ECDSA P-256 key: {e}"))
-            })?;
-            Ok((der, false))
-        }
+        Ok(pem) => Ok((parse_account_pem(&pem, &p.to_string())?, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (_, der) = Key::generate_pkcs8()
-                .map_err(|e| AcmeFailure::local(format!("generating the account key: {e}")))?;
-            let pem = rcgen::KeyPair::try_from(der.secret_pkcs8_der())
-                .map_err(|e| AcmeFailure::local(format!("encoding the account key: {e}")))?
-                .serialize_pem();
+            let pem = generate_account_pem()?;
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
@@ -771,7 +872,7 @@ pub fn load_or_create_account_key(
                 Ok(()) => {
                     sync_dir(path);
                     tracing::info!(path = %p, "created the ACME account key");
-                    Ok((der, true))
+                    Ok((parse_account_pem(pem.as_bytes(), &p.to_string())?, true))
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     load_or_create_account_key(path)
@@ -1033,6 +1134,7 @@ pub struct AcmeManager {
     metrics: Arc<Metrics>,
     wake: Notify,
     force_next: AtomicBool,
+    shared: std::sync::OnceLock<Arc<dyn Store>>,
 }
 
 impl std::fmt::Debug for AcmeManager {
@@ -1061,6 +1163,7 @@ impl AcmeManager {
             metrics,
             wake: Notify::new(),
             force_next: AtomicBool::new(false),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -1092,8 +1195,211 @@ impl AcmeManager {
     }
 
     /// The persisted state.
-    pub fn state(&self) -> AcmeState {
-        read_state(&self.settings)
+    pub async fn state(&self) -> AcmeState {
+        self.load_state().await
+    }
+
+    /// Share the account, the certificate, the order lock, the challenges
+    /// and the state with every instance using `store` (PostgreSQL).
+    pub fn share(&self, store: Arc<dyn Store>) {
+        self.challenges.share(store.clone());
+        let _ = self.shared.set(store);
+    }
+
+    fn shared(&self) -> Option<&Arc<dyn Store>> {
+        self.shared.get()
+    }
+
+    async fn load_state(&self) -> AcmeState {
+        match self.shared() {
+            Some(st) => st
+                .kv_get(NS_ACME, "state", 0)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            None => read_state(&self.settings),
+        }
+    }
+
+    async fn save_state(&self, state: &AcmeState) {
+        match self.shared() {
+            Some(st) => {
+                let v = serde_json::to_value(state).unwrap_or_default();
+                if let Err(e) = st.kv_put(NS_ACME, "state", &v, NEVER).await {
+                    tracing::warn!(error = %e, "cannot write the ACME state to the store");
+                }
+            }
+            None => write_state(&self.settings, state),
+        }
+    }
+
+    async fn take_request(&self) -> Option<RenewRequest> {
+        match self.shared() {
+            Some(st) => st
+                .kv_take(NS_ACME, "request", now_unix().saturating_mul(1000))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_value(v).ok()),
+            None => take_request(&self.settings),
+        }
+    }
+
+    /// The account key: from the shared store, else the file (imported
+    /// into the store), else a new one; of instances creating one at once,
+    /// all use the first stored.
+    async fn account_key(&self) -> Result<(PrivatePkcs8KeyDer<'static>, bool), AcmeFailure> {
+        let Some(st) = self.shared() else {
+            return load_or_create_account_key(&self.settings.account_key_file);
+        };
+        let unavailable = |e: crate::store::StoreError| {
+            AcmeFailure::local(format!("the ACME account in the store: {e}"))
+        };
+        if let Some(v) = st
+            .kv_get(NS_ACME, "account_key", 0)
+            .await
+            .map_err(unavailable)?
+            && let Some(pem) = v.get("pem").and_then(Value::as_str)
+        {
+            return Ok((
+                parse_account_pem(pem.as_bytes(), "(the store's acme/account_key)")?,
+                false,
+            ));
+        }
+        let (pem, from_file) = match std::fs::read(&self.settings.account_key_file) {
+            Ok(pem) => (String::from_utf8_lossy(&pem).into_owned(), true),
+            Err(_) => (generate_account_pem()?, false),
+        };
+        let won = st
+            .kv_insert_new(NS_ACME, "account_key", &json!({"pem": pem}), NEVER, 0)
+            .await
+            .map_err(unavailable)?;
+        let won_pem = won.get("pem").and_then(Value::as_str).unwrap_or_default();
+        let der = parse_account_pem(won_pem.as_bytes(), "(the store's acme/account_key)")?;
+        let created = won_pem == pem && !from_file;
+        if won_pem == pem {
+            tracing::info!(
+                imported = from_file,
+                "ACME: account key stored for every instance"
+            );
+        }
+        Ok((der, created))
+    }
+
+    /// Bring this instance and the shared store in line: serve the
+    /// store's certificate when it is newer than the served one (written
+    /// to the files too, so a restart without the database still has it);
+    /// publish the served one when the store has none or an older one.
+    /// Returns whether a certificate was adopted.
+    pub async fn sync_shared(&self) -> bool {
+        let Some(st) = self.shared() else {
+            return false;
+        };
+        let stored = match st.kv_get(NS_ACME, "certificate", 0).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "ACME: store unavailable; serving the current certificate");
+                return false;
+            }
+        };
+        let served = (!self.cert.is_pending()).then(|| self.cert.current());
+        let stored_pair = stored.as_ref().and_then(|v| {
+            let chain = v.get("chain_pem")?.as_str()?;
+            let key = v.get("key_pem")?.as_str()?;
+            Some((chain.to_owned(), key.to_owned()))
+        });
+        if let Some((chain, key)) = &stored_pair {
+            match certs::load_pem(
+                chain.as_bytes(),
+                key.as_bytes(),
+                "(the store's certificate)",
+                "(the store's key)",
+                SystemTime::now(),
+            ) {
+                Ok(c) => {
+                    let newer = match &served {
+                        None => true,
+                        Some(cur) => {
+                            c.leaf_sha256 != cur.leaf_sha256 && c.not_after >= cur.not_after
+                        }
+                    };
+                    if newer {
+                        if let Err(e) = self.write_pair(chain, key) {
+                            tracing::warn!(error = %e.message, "ACME: cannot write the shared certificate to the files; serving it anyway");
+                        }
+                        let not_after = c.not_after;
+                        self.cert.swap(c);
+                        self.cert.refresh_stamp();
+                        self.metrics.cert_expiry("tls", self.cert.expires_in());
+                        self.metrics.reload(true);
+                        tracing::info!(
+                            not_after = %homeport_core::time::format_utc_ms(not_after * 1000),
+                            "ACME: serving the certificate another instance obtained"
+                        );
+                        return true;
+                    }
+                    if served.as_ref().is_some_and(|cur| {
+                        cur.leaf_sha256 == c.leaf_sha256 || cur.not_after <= c.not_after
+                    }) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: the store's certificate is unusable; replacing it with the served one");
+                }
+            }
+        }
+        // The store has none, an unusable one or an older one: publish ours.
+        if served.is_some()
+            && let (Ok(chain), Ok(key)) = (
+                std::fs::read_to_string(&self.settings.cert_path),
+                std::fs::read_to_string(&self.settings.key_path),
+            )
+            && let Ok(c) =
+                certs::load_pem(chain.as_bytes(), key.as_bytes(), "", "", SystemTime::now())
+            && served
+                .as_ref()
+                .is_some_and(|cur| cur.leaf_sha256 == c.leaf_sha256)
+        {
+            self.publish(&chain, &key, c.not_after).await;
+        }
+        false
+    }
+
+    async fn publish(&self, chain_pem: &str, key_pem: &str, not_after: u64) {
+        let Some(st) = self.shared() else { return };
+        let v = json!({
+            "chain_pem": chain_pem,
+            "key_pem": key_pem,
+            "not_after": not_after,
+            "names": self.settings.names,
+            "by": crate::store::instance_id(),
+            "at": now_unix(),
+        });
+        match st.kv_put(NS_ACME, "certificate", &v, NEVER).await {
+            Ok(()) => tracing::info!("ACME: certificate stored for every instance"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ACME: cannot store the certificate; other instances will pick it up once the store is back")
+            }
+        }
+    }
+
+    /// Every instance says it is running (`homeport acme renew` hands its
+    /// request over when one is).
+    async fn heartbeat(&self) {
+        if let Some(st) = self.shared() {
+            let now = now_unix().saturating_mul(1000);
+            let _ = st
+                .kv_put(
+                    NS_ACME,
+                    "serving",
+                    &json!({"instance": crate::store::instance_id(), "at": now}),
+                    now + 60_000,
+                )
+                .await;
+        }
     }
 
     /// Make the background loop order now (even when not due with `force`).
@@ -1109,10 +1415,32 @@ impl AcmeManager {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = me.run() => {}
+                _ = me.clone().run() => {}
+                _ = me.clone().sync_loop() => {}
                 _ = async { while !*stop.borrow() { if stop.changed().await.is_err() { break; } } } => {}
             }
         })
+    }
+
+    /// With a shared store: pick up certificates and tls-alpn-01 answers
+    /// other instances put there (every `shared_poll`), say this instance
+    /// runs.
+    async fn sync_loop(self: Arc<Self>) {
+        if self.shared().is_none() {
+            return std::future::pending().await;
+        }
+        let mut beat = Instant::now() - Duration::from_secs(3600);
+        loop {
+            if self.sync_shared().await {
+                self.metrics.acme_next_renewal(self.due_at());
+            }
+            self.challenges.sync_tls(&self.settings.names).await;
+            if beat.elapsed() >= Duration::from_secs(20) {
+                self.heartbeat().await;
+                beat = Instant::now();
+            }
+            tokio::time::sleep(self.tuning.shared_poll).await;
+        }
     }
 
     async fn run(self: Arc<Self>) {
@@ -1139,7 +1467,7 @@ impl AcmeManager {
                 if self.force_next.swap(false, Ordering::SeqCst) {
                     break true;
                 }
-                if let Some(r) = take_request(&self.settings) {
+                if let Some(r) = self.take_request().await {
                     let f = r.force;
                     request = Some(r);
                     break f;
@@ -1164,9 +1492,9 @@ impl AcmeManager {
                     failures += 1;
                     let d = backoff(failures, &self.tuning, f.retry_after);
                     retry_at = Some(Instant::now() + d);
-                    let mut st = read_state(&self.settings);
+                    let mut st = self.load_state().await;
                     st.next_retry = Some(now_unix() + d.as_secs());
-                    write_state(&self.settings, &st);
+                    self.save_state(&st).await;
                     tracing::warn!(
                         retry_in = %homeport_core::duration::format(d),
                         failures,
@@ -1175,7 +1503,7 @@ impl AcmeManager {
                 }
             }
             if let Some(r) = request {
-                let mut st = read_state(&self.settings);
+                let mut st = self.load_state().await;
                 st.handled_request = Some(HandledRequest {
                     id: r.id,
                     ok: outcome.is_ok(),
@@ -1184,7 +1512,7 @@ impl AcmeManager {
                         Err(e) => e.message.clone(),
                     },
                 });
-                write_state(&self.settings, &st);
+                self.save_state(&st).await;
             }
             self.metrics.acme_next_renewal(self.due_at());
         }
@@ -1196,7 +1524,7 @@ impl AcmeManager {
         let started = now_unix();
         let mut ordered = false;
         let result = self.attempt(force, &mut ordered).await;
-        let mut st = read_state(&self.settings);
+        let mut st = self.load_state().await;
         st.directory = Some(self.settings.directory.clone());
         match &result {
             Ok(Renewal::Renewed { not_after }) => {
@@ -1250,15 +1578,24 @@ impl AcmeManager {
             st.not_after = None;
         }
         st.next_renewal = Some(self.due_at());
-        write_state(&self.settings, &st);
+        self.save_state(&st).await;
         result
     }
 
     async fn attempt(&self, force: bool, ordered: &mut bool) -> Result<Renewal, AcmeFailure> {
         let s = &self.settings;
-        let lock = try_order_lock(&s.lock_path()).map_err(|e| {
-            AcmeFailure::local(format!("lock file {}: {e}", s.lock_path().display()))
-        })?;
+        let lock: Option<Box<dyn Send + Sync>> = match self.shared() {
+            Some(st) => st
+                .try_lock("acme-order")
+                .await
+                .map_err(|e| AcmeFailure::local(format!("the order lock in the store: {e}")))?
+                .map(|l| Box::new(l) as Box<dyn Send + Sync>),
+            None => try_order_lock(&s.lock_path())
+                .map_err(|e| {
+                    AcmeFailure::local(format!("lock file {}: {e}", s.lock_path().display()))
+                })?
+                .map(|l| Box::new(l) as Box<dyn Send + Sync>),
+        };
         let Some(_lock) = lock else {
             tracing::info!(
                 lock = %s.lock_path().display(),
@@ -1266,9 +1603,9 @@ impl AcmeManager {
             );
             return Ok(Renewal::Busy);
         };
-        // Files newer than what is served (another instance renewed, or an
-        // admin replaced them): serve those first.
-        let mut adopted = false;
+        // A certificate newer than what is served (another instance
+        // renewed, or an admin replaced the files): serve that first.
+        let mut adopted = self.sync_shared().await;
         if let Ok(on_disk) = certs::load_pair(&s.cert_path, &s.key_path, SystemTime::now())
             && (self.cert.is_pending() || on_disk.leaf_sha256 != self.cert.current().leaf_sha256)
         {
@@ -1301,11 +1638,11 @@ impl AcmeManager {
                     ));
                 }
             };
-        self.install(&chain_pem, &key_pem)
+        self.install(&chain_pem, &key_pem).await
     }
 
     /// Check the issued pair in memory, write it atomically, serve it.
-    fn install(&self, chain_pem: &str, key_pem: &str) -> Result<Renewal, AcmeFailure> {
+    async fn install(&self, chain_pem: &str, key_pem: &str) -> Result<Renewal, AcmeFailure> {
         let s = &self.settings;
         let issued = certs::load_pem(
             chain_pem.as_bytes(),
@@ -1330,6 +1667,19 @@ impl AcmeManager {
                 format!("the CA issued a certificate without {missing}"),
             ));
         }
+        self.write_pair(chain_pem, key_pem)?;
+        let not_after = issued.not_after;
+        self.cert.swap(issued);
+        self.cert.refresh_stamp();
+        self.metrics.cert_expiry("tls", self.cert.expires_in());
+        self.metrics.reload(true);
+        self.publish(chain_pem, key_pem, not_after).await;
+        Ok(Renewal::Renewed { not_after })
+    }
+
+    /// Write a chain and key atomically to the configured files.
+    fn write_pair(&self, chain_pem: &str, key_pem: &str) -> Result<(), AcmeFailure> {
+        let s = &self.settings;
         let _writing = self.cert.writing();
         let local = |what: &Path, e: std::io::Error| {
             AcmeFailure::local(format!("writing {}: {e}", what.display()))
@@ -1354,12 +1704,7 @@ impl AcmeManager {
         }
         sync_dir(&s.cert_path);
         sync_dir(&s.key_path);
-        let not_after = issued.not_after;
-        self.cert.swap(issued);
-        self.cert.refresh_stamp();
-        self.metrics.cert_expiry("tls", self.cert.expires_in());
-        self.metrics.reload(true);
-        Ok(Renewal::Renewed { not_after })
+        Ok(())
     }
 
     /// One order, account to PEM chain and key. Nothing is written here
@@ -1380,7 +1725,7 @@ impl AcmeManager {
         let s = &self.settings;
         let http = AcmeHttp::new(s, self.metrics.clone(), self.tuning.request_timeout)?;
         let ra = |h: &AcmeHttp| h.take_retry_after();
-        let (der, created) = load_or_create_account_key(&s.account_key_file)?;
+        let (der, created) = self.account_key().await?;
         let key = Key::from_pkcs8_der(der.clone_key())
             .map_err(|e| AcmeFailure::local(format!("account key: {e}")))?;
         let (account, _) = Account::builder_with_http(Box::new(http.clone()))
@@ -1397,10 +1742,10 @@ impl AcmeManager {
                 .await
                 .map_err(|e| classify("setting the account contacts", e, ra(&http)))?;
         }
-        let mut st = read_state(s);
+        let mut st = self.load_state().await;
         if st.account_url.as_deref() != Some(account.id()) {
             st.account_url = Some(account.id().to_owned());
-            write_state(s, &st);
+            self.save_state(&st).await;
         }
 
         let identifiers: Vec<Identifier> =
@@ -1417,6 +1762,7 @@ impl AcmeManager {
             challenges: self.challenges.clone(),
             tokens: Vec::new(),
             names: Vec::new(),
+            shared: self.shared().cloned(),
         };
         {
             let mut authzs = order.authorizations();
@@ -1440,16 +1786,45 @@ impl AcmeManager {
                     ));
                 };
                 let ka = ch.key_authorization();
+                let until = now_unix().saturating_mul(1000) + CHALLENGE_TTL_MS;
                 match s.challenge {
                     Challenge::Http01 => {
                         self.challenges.add_http(&ch.token, ka.as_str());
                         provisioned.tokens.push(ch.token.clone());
+                        if let Some(st) = self.shared() {
+                            // Whichever instance the CA reaches answers.
+                            st.kv_put(NS_HTTP01, &ch.token, &json!(ka.as_str()), until)
+                                .await
+                                .map_err(|e| {
+                                    AcmeFailure::local(format!("sharing the http-01 answer: {e}"))
+                                })?;
+                        }
                     }
                     Challenge::TlsAlpn01 => {
                         self.challenges
                             .add_tls(&name, ka.digest().as_ref())
                             .map_err(AcmeFailure::local)?;
                         provisioned.names.push(name.clone());
+                        if let Some(st) = self.shared() {
+                            let digest = homeport_core::base64::encode(ka.digest().as_ref());
+                            st.kv_put(
+                                NS_TLSALPN01,
+                                &name.to_ascii_lowercase(),
+                                &json!(digest),
+                                until,
+                            )
+                            .await
+                            .map_err(|e| {
+                                AcmeFailure::local(format!("sharing the tls-alpn-01 answer: {e}"))
+                            })?;
+                            // The TLS handshake cannot wait for the
+                            // database: every instance loads the answer
+                            // on its next sync.
+                            tokio::time::sleep(
+                                self.tuning.shared_poll + Duration::from_millis(500),
+                            )
+                            .await;
+                        }
                     }
                 }
                 ch.set_ready().await.map_err(|e| {
@@ -1611,6 +1986,62 @@ pub fn responder_addrs(cfg: &Config) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The store shared by instances, when the config names one (PostgreSQL);
+/// `None` for SQLite (the files and `flock` are shared instead).
+pub async fn shared_store(cfg: &Config) -> Result<Option<Arc<dyn Store>>, AcmeFailure> {
+    if !matches!(cfg.database, crate::config::Database::Postgres(_)) {
+        return Ok(None);
+    }
+    crate::store::open(&cfg.database)
+        .await
+        .map(Some)
+        .map_err(|e| AcmeFailure::local(e.to_string()))
+}
+
+/// Whether an instance sharing `store` runs (it says so every 20 s).
+pub async fn shared_serving(store: &dyn Store) -> bool {
+    matches!(
+        store
+            .kv_get(NS_ACME, "serving", now_unix().saturating_mul(1000))
+            .await,
+        Ok(Some(_))
+    )
+}
+
+/// Hand a renewal request to the instances sharing `store` (one of them
+/// takes it); returns its id.
+pub async fn request_renewal_shared(store: &dyn Store, force: bool) -> Result<u64, AcmeFailure> {
+    let id = rand::random::<u64>() >> 12;
+    let v = serde_json::to_value(RenewRequest { id, force })
+        .map_err(|e| AcmeFailure::local(e.to_string()))?;
+    store
+        .kv_put(
+            NS_ACME,
+            "request",
+            &v,
+            now_unix().saturating_mul(1000) + 10 * 60_000,
+        )
+        .await
+        .map_err(|e| AcmeFailure::local(e.to_string()))?;
+    Ok(id)
+}
+
+/// Withdraw a request nobody took.
+pub async fn withdraw_request_shared(store: &dyn Store) {
+    let _ = store.kv_delete(NS_ACME, "request").await;
+}
+
+/// The ACME state kept in `store`.
+pub async fn read_state_shared(store: &dyn Store) -> AcmeState {
+    store
+        .kv_get(NS_ACME, "state", 0)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
 /// Order once in this process (`homeport acme renew` with no server
 /// running): bind the challenge responder (http-01) or the TLS listeners
 /// (tls-alpn-01), order, write, stop.
@@ -1657,6 +2088,10 @@ pub async fn renew_standalone(
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(listen::serve(listeners, stop_rx, Duration::from_secs(2)));
     let manager = AcmeManager::new(settings, tuning, cert, challenges, metrics);
+    if let Some(st) = shared_store(cfg).await? {
+        manager.share(st);
+        manager.sync_shared().await;
+    }
     let r = manager.renew_now(force).await;
     let _ = stop.send(true);
     let _ = task.await;

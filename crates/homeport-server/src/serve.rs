@@ -388,6 +388,12 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
                 challenges.clone(),
                 metrics.clone(),
             );
+            if store.shared() {
+                // Every instance serves the certificate in the database,
+                // orders under its lock and answers every challenge.
+                m.share(store.clone());
+                m.sync_shared().await;
+            }
             let t = m.spawn(stop_rx);
             (Some(m), Some(t))
         }

@@ -70,6 +70,7 @@ fn tuning() -> AcmeTuning {
         backoff_max: Duration::from_secs(2),
         lock_retry: Duration::from_millis(300),
         request_poll: Duration::from_millis(200),
+        shared_poll: Duration::from_millis(300),
     }
 }
 
@@ -378,6 +379,23 @@ impl Site {
         challenge: &str,
         threshold: &str,
     ) -> config::Config {
+        self.config_db(
+            directory,
+            ca_file,
+            challenge,
+            threshold,
+            "database: {name: sqlite3, args: {database: ':memory:'}}\n",
+        )
+    }
+
+    fn config_db(
+        &self,
+        directory: &str,
+        ca_file: &Path,
+        challenge: &str,
+        threshold: &str,
+        database: &str,
+    ) -> config::Config {
         let text = format!(
             r#"server_name: {DOMAIN}
 signing_key_path: ./hs.signing.key
@@ -403,8 +421,7 @@ acme:
   challenge: {challenge}
   port: {http}
   bind_addresses: ['{ip}']
-database: {{name: sqlite3, args: {{database: ':memory:'}}}}
-"#,
+{database}"#,
             tls = self.tls_port,
             ip = self.ip,
             url = directory,
@@ -1103,5 +1120,133 @@ async fn rate_limited_waits_for_retry_after() {
         assert_eq!(orders(&running, "rate_limited"), 1);
         assert!(!site.path("tls.crt").exists() && !site.path("tls.key").exists());
         running.shutdown().await;
+    });
+}
+
+/// Two instances sharing one PostgreSQL database: started together with no
+/// certificate, they produce one order and serve the same certificate; the
+/// renewal both reach at the same instant is one order too, and both serve
+/// the new certificate without restart. The CA's validation always reaches
+/// instance A (the name's only address): when B orders (a forced renewal),
+/// A answers the http-01 challenge B provisioned, from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_postgres_order_once() {
+    if !pebble_available() || !homeport_test_support::postgres::available() {
+        return;
+    }
+    bounded!(async {
+        let pg = homeport_test_support::postgres::start().unwrap();
+        pg.create_database("acme_shared").unwrap();
+        let db = pg.yaml_database("acme_shared");
+        let a = Site::new();
+        let b = Site::new();
+        let dns = dns_for(a.ip, a.ip);
+        let pebble = Pebble::start(
+            a.dir.path(),
+            a.ip,
+            dns.addr(),
+            a.http_port,
+            a.tls_port,
+            Some(20),
+        );
+        let cfg_a = a.config_db(
+            &pebble.directory(),
+            &pebble.wfe_ca_file,
+            "http-01",
+            "1h",
+            &db,
+        );
+        let cfg_b = b.config_db(
+            &pebble.directory(),
+            &pebble.wfe_ca_file,
+            "http-01",
+            "1h",
+            &db,
+        );
+        let (ra, rb) = tokio::join!(a.start(&cfg_a), b.start(&cfg_b));
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+        let total = |result: &str| orders(&ra, result) + orders(&rb, result);
+
+        let first = wait_served(a.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        let first_b = wait_served(b.tls_addr(), &roots, None, Duration::from_secs(10), &why).await;
+        assert_eq!(first, first_b, "both instances serve the one certificate");
+        assert_eq!(total("ok"), 1, "one order for two instances");
+        // B's files hold it too (a restart without the database has it).
+        let on_disk = homeport_server::certs::load_pair(
+            &b.path("tls.crt"),
+            &b.path("tls.key"),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(on_disk.leaf_sha256, sha(&first));
+
+        // Both reach the renewal point together (same certificate): one order.
+        let second = wait_served(
+            a.tls_addr(),
+            &roots,
+            Some(&first),
+            Duration::from_secs(40),
+            &why,
+        )
+        .await;
+        let second_b = wait_served(
+            b.tls_addr(),
+            &roots,
+            Some(&first),
+            Duration::from_secs(10),
+            &why,
+        )
+        .await;
+        assert_eq!(second, second_b);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(total("ok"), 2, "one renewal order for two instances");
+
+        // B orders; the CA reaches A, which answers from the database.
+        let b_before = orders(&rb, "ok");
+        rb.acme.as_ref().unwrap().trigger(true);
+        let third_b = wait_served(
+            b.tls_addr(),
+            &roots,
+            Some(&second),
+            Duration::from_secs(30),
+            &why,
+        )
+        .await;
+        assert_eq!(orders(&rb, "ok"), b_before + 1, "B ordered");
+        let third = wait_served(
+            a.tls_addr(),
+            &roots,
+            Some(&second),
+            Duration::from_secs(10),
+            &why,
+        )
+        .await;
+        assert_eq!(
+            third, third_b,
+            "A picked B's certificate up without restart"
+        );
+        assert_eq!(total("invalid"), 0);
+        // The shared state says who and what.
+        let state = ra.acme.as_ref().unwrap().state().await;
+        assert!(state.last_success.is_some(), "{state:?}");
+        let stored = pg
+            .psql("acme_shared", "SELECT count(*) FROM kv WHERE namespace = 'acme' AND key IN ('certificate', 'account_key', 'state')")
+            .unwrap();
+        assert_eq!(stored.trim(), "3");
+        let left = pg
+            .psql(
+                "acme_shared",
+                "SELECT count(*) FROM kv WHERE namespace LIKE 'acme-%'",
+            )
+            .unwrap();
+        assert_eq!(
+            left.trim(),
+            "0",
+            "challenge answers are removed after the order"
+        );
+        ra.shutdown().await;
+        rb.shutdown().await;
     });
 }

@@ -236,7 +236,10 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
                     schema::latest()
                 ))
             } else {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 if !dir.is_dir() {
                     return Err(StoreError::Open {
                         path: p.display().to_string(),
@@ -248,7 +251,10 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
         }
         Database::Postgres(args) => {
             let v = PgStore::probe(args).await?;
-            let at = format!("postgresql://{}@{}:{}/{}", args.user, args.host, args.port, args.dbname);
+            let at = format!(
+                "postgresql://{}@{}:{}/{}",
+                args.user, args.host, args.port, args.dbname
+            );
             Ok(if v == 0 {
                 format!("store: psycopg2 {at} reachable (empty: the schema is created at start)")
             } else {

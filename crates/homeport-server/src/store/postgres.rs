@@ -207,7 +207,10 @@ impl PgStore {
     /// reachable, credentials, homeport's own database; returns the schema
     /// version found (0: empty, migrated at start).
     pub async fn probe(args: &PostgresArgs) -> Result<i64, StoreError> {
-        let where_ = format!("postgresql://{}@{}:{}/{}", args.user, args.host, args.port, args.dbname);
+        let where_ = format!(
+            "postgresql://{}@{}:{}/{}",
+            args.user, args.host, args.port, args.dbname
+        );
         let err = |reason: String| StoreError::Open {
             path: where_.clone(),
             reason,
@@ -219,7 +222,10 @@ impl PgStore {
         let task = tokio::spawn(conn);
         let r = async {
             let has_version: bool = client
-                .query_one("SELECT to_regclass('public.homeport_schema_version') IS NOT NULL", &[])
+                .query_one(
+                    "SELECT to_regclass('public.homeport_schema_version') IS NOT NULL",
+                    &[],
+                )
                 .await?
                 .get(0);
             if has_version {
@@ -231,7 +237,10 @@ impl PgStore {
             }
             for t in schema::HOMESERVER_TABLES {
                 let found: bool = client
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("public.{t}")])
+                    .query_one(
+                        "SELECT to_regclass($1) IS NOT NULL",
+                        &[&format!("public.{t}")],
+                    )
                     .await?
                     .get(0);
                 if found {

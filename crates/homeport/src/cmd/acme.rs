@@ -48,9 +48,25 @@ fn load(path: &Path) -> CliResult<(Config, AcmeSettings)> {
     Ok((cfg, settings))
 }
 
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}"), None))
+}
+
 pub fn status(path: &Path) -> CliResult<ExitCode> {
     let (cfg, _) = load(path)?;
-    let s = acme::status(&cfg).map_err(|e| CliError::invalid(e, path.display().to_string()))?;
+    let mut s = acme::status(&cfg).map_err(|e| CliError::invalid(e, path.display().to_string()))?;
+    // Instances sharing a PostgreSQL store keep the state there.
+    if let Some(st) = runtime()?
+        .block_on(acme::shared_store(&cfg))
+        .map_err(|e| CliError::failed(e, "database".to_owned()))?
+    {
+        let rt = runtime()?;
+        s.state = rt.block_on(acme::read_state_shared(st.as_ref()));
+        s.serve_running = rt.block_on(acme::shared_serving(st.as_ref()));
+    }
     let mut healthy = true;
     println!("names:         {}", s.names.join(", "));
     println!("directory:     {}", s.directory);
@@ -140,8 +156,67 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
+async fn renew_shared(
+    store: &dyn homeport_server::store::Store,
+    force: bool,
+    timeout: Duration,
+) -> CliResult<Option<ExitCode>> {
+    {
+        if !acme::shared_serving(store).await {
+            return Ok(None);
+        }
+        let id = acme::request_renewal_shared(store, force)
+            .await
+            .map_err(|e| CliError::failed(e, "database".to_owned()))?;
+        eprintln!(
+            "instances sharing the database are running: asked them to renew; waiting for the result"
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = acme::read_state_shared(store).await;
+            if let Some(h) = st.handled_request.filter(|h| h.id == id) {
+                return if h.ok {
+                    println!("{}", h.message);
+                    Ok(Some(ExitCode::SUCCESS))
+                } else {
+                    Err(CliError::failed(
+                        format!("renewal failed: {}", h.message),
+                        None,
+                    ))
+                };
+            }
+            if Instant::now() >= deadline {
+                acme::withdraw_request_shared(store).await;
+                return Err(CliError::failed(
+                    format!(
+                        "no instance reported a result within {}; see their logs and `homeport acme status`",
+                        homeport_core::duration::format(timeout)
+                    ),
+                    "--timeout".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 pub fn renew(path: &Path, force: bool, timeout: Duration) -> CliResult<ExitCode> {
     let (cfg, settings) = load(path)?;
+    {
+        let rt = runtime()?;
+        let handed = rt.block_on(async {
+            match acme::shared_store(&cfg)
+                .await
+                .map_err(|e| CliError::failed(e, "database".to_owned()))?
+            {
+                Some(st) => renew_shared(st.as_ref(), force, timeout).await,
+                None => Ok(None),
+            }
+        })?;
+        if let Some(code) = handed {
+            return Ok(code);
+        }
+    }
     if acme::serve_running(&settings) {
         // The running server holds the challenge ports: hand it the request.
         let id = acme::request_renewal(&settings, force).map_err(|e| {

@@ -80,7 +80,11 @@ pub fn migrate(from: &str, to: &str, dry_run: bool) -> CliResult<ExitCode> {
             summary(&snap)
         );
         if dry_run {
-            println!("dry run: nothing written to {} {}", dst.backend(), dst.location());
+            println!(
+                "dry run: nothing written to {} {}",
+                dst.backend(),
+                dst.location()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         let c = dst
