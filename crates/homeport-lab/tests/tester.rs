@@ -71,6 +71,18 @@ fn counted_domain(name: &str) -> HttpsServer {
 }
 
 fn tester(limits: TesterLimits, allow_loopback: bool) -> Arc<Tester> {
+    tester_with(
+        limits,
+        allow_loopback,
+        Arc::new(SqliteStore::memory().unwrap()),
+    )
+}
+
+fn tester_with(
+    limits: TesterLimits,
+    allow_loopback: bool,
+    store: Arc<dyn homeport_server::store::Store>,
+) -> Arc<Tester> {
     let e = env();
     let mut client_cfg_lab = e.lab.client(Duration::from_secs(20)).unwrap();
     if !allow_loopback {
@@ -94,7 +106,7 @@ fn tester(limits: TesterLimits, allow_loopback: bool) -> Arc<Tester> {
     }
     Arc::new(Tester::new(
         client_cfg_lab,
-        Arc::new(SqliteStore::memory().unwrap()),
+        store,
         Arc::new(Metrics::default()),
         limits,
     ))
@@ -482,4 +494,115 @@ fn the_page_is_served_with_a_labelled_form() {
     let html = String::from_utf8(b).unwrap();
     assert!(html.contains("<label for=\"name\">Server name</label>"));
     assert!(html.contains("/api/v1/check?server_name="));
+}
+
+/// Two tester instances sharing one PostgreSQL store (two `serve`
+/// processes behind a load balancer): requests for one target spread over
+/// both run one check; the report is cached for both; a fresh check within
+/// the interval is refused on the instance that did not run it too.
+#[test]
+fn two_instances_sharing_postgres_run_one_check_per_target() {
+    if !homeport_test_support::postgres::available() {
+        return;
+    }
+    let pg = homeport_test_support::postgres::start().unwrap();
+    pg.create_database("tester_shared").unwrap();
+    let args = homeport_server::config::PostgresArgs {
+        user: pg.user().into(),
+        password: Some(pg.password().into()),
+        dbname: "tester_shared".into(),
+        host: pg.host().to_string(),
+        port: pg.port(),
+        cp_min: 1,
+        cp_max: 4,
+    };
+    let store =
+        |a: &homeport_server::config::PostgresArgs| -> Arc<dyn homeport_server::store::Store> {
+            Arc::new(
+                env()
+                    .rt
+                    .block_on(homeport_server::store::PgStore::connect(a))
+                    .unwrap(),
+            )
+        };
+    let limits = TesterLimits {
+        per_client_per_minute: 1000,
+        ..TesterLimits::default()
+    };
+    let a = tester_with(limits.clone(), true, store(&args));
+    let b = tester_with(limits, true, store(&args));
+    let counted = counted_domain("pgshared.lab");
+    let checks = || {
+        counted
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/_matrix/federation/v1/version")
+            .count()
+    };
+    let statuses: Vec<u16> = env().rt.block_on(async {
+        let mut hs = Vec::new();
+        for i in 0..6 {
+            let t = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let router = homeport_server::tester::router(t);
+            hs.push(tokio::spawn(async move {
+                let mut req = http::Request::get("/api/report?server_name=pgshared.lab")
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut().insert(ConnMeta {
+                    client: format!("203.0.113.{i}:1").parse().unwrap(),
+                    sni: None,
+                    tls: true,
+                });
+                router.oneshot(req).await.unwrap().status().as_u16()
+            }));
+        }
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(checks(), 1, "one check for six requests on two instances");
+    // Cached for both.
+    assert_eq!(
+        call(
+            &b,
+            "GET",
+            "/api/report?server_name=pgshared.lab",
+            "198.51.100.9"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &a,
+            "GET",
+            "/api/report?server_name=pgshared.lab",
+            "198.51.100.9"
+        )
+        .0,
+        200
+    );
+    assert_eq!(checks(), 1);
+    // A fresh check right after is refused on both instances.
+    for t in [&a, &b] {
+        let (s, h, _) = call(
+            t,
+            "GET",
+            "/api/report?server_name=pgshared.lab&no_cache=1",
+            "198.51.100.10",
+        );
+        assert_eq!(s, 429);
+        assert!(h.get("retry-after").is_some());
+    }
+    assert_eq!(checks(), 1);
+    let leases = pg
+        .psql(
+            "tester_shared",
+            "SELECT count(*) FROM leases WHERE name = 'tester:pgshared.lab'",
+        )
+        .unwrap();
+    assert_eq!(leases.trim(), "1");
 }

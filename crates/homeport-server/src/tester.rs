@@ -206,7 +206,12 @@ impl Tester {
             limits,
             flight: SingleFlight::new(),
             targets: Mutex::new(HashMap::new()),
-            instance: crate::store::instance_id().to_owned(),
+            // One holder id per tester (a process may run several).
+            instance: format!(
+                "{}/{:04x}",
+                crate::store::instance_id(),
+                rand::random::<u16>()
+            ),
         }
     }
 
