@@ -1228,6 +1228,60 @@ async fn two_instances_sharing_postgres_order_once() {
             "A picked B's certificate up without restart"
         );
         assert_eq!(total("invalid"), 0);
+        // `homeport acme renew` from anywhere: the request goes through the
+        // database to one running instance.
+        let st = homeport_server::store::PgStore::connect(&homeport_server::config::PostgresArgs {
+            user: pg.user().into(),
+            password: Some(pg.password().into()),
+            dbname: "acme_shared".into(),
+            host: pg.host().to_string(),
+            port: pg.port(),
+            cp_min: 1,
+            cp_max: 2,
+        })
+        .await
+        .unwrap();
+        assert!(
+            acme::shared_serving(&st).await,
+            "the instances say they run"
+        );
+        let id = acme::request_renewal_shared(&st, true).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let handled = loop {
+            if let Some(h) = acme::read_state_shared(&st)
+                .await
+                .handled_request
+                .filter(|h| h.id == id)
+            {
+                break h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nobody handled the request\n{}",
+                why()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(handled.ok, "{handled:?}");
+        assert!(handled.message.starts_with("renewed"), "{handled:?}");
+        let fourth = wait_served(
+            a.tls_addr(),
+            &roots,
+            Some(&third),
+            Duration::from_secs(10),
+            &why,
+        )
+        .await;
+        let fourth_b = wait_served(
+            b.tls_addr(),
+            &roots,
+            Some(&third),
+            Duration::from_secs(10),
+            &why,
+        )
+        .await;
+        assert_eq!(fourth, fourth_b);
+        assert!(total("ok") >= 4);
         // The shared state says who and what.
         let state = ra.acme.as_ref().unwrap().state().await;
         assert!(state.last_success.is_some(), "{state:?}");
