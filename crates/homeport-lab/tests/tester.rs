@@ -507,15 +507,14 @@ fn two_instances_sharing_postgres_run_one_check_per_target() {
     }
     let pg = homeport_test_support::postgres::start().unwrap();
     pg.create_database("tester_shared").unwrap();
-    let args = homeport_server::config::PostgresArgs {
-        user: pg.user().into(),
-        password: Some(pg.password().into()),
-        dbname: "tester_shared".into(),
-        host: pg.host().to_string(),
-        port: pg.port(),
-        cp_min: 1,
-        cp_max: 4,
-    };
+    let args = homeport_server::config::PostgresArgs::new(
+        pg.user(),
+        Some(pg.password()),
+        "tester_shared",
+        &pg.host().to_string(),
+        pg.port(),
+        (1, 4),
+    );
     let store =
         |a: &homeport_server::config::PostgresArgs| -> Arc<dyn homeport_server::store::Store> {
             Arc::new(

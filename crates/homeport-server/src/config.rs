@@ -738,6 +738,38 @@ pub struct PostgresArgs {
     pub cp_max: usize,
 }
 
+impl PostgresArgs {
+    /// `user` (with `password`) at `host:port`, database `dbname`, with a
+    /// pool of `cp_min`..=`cp_max` connections.
+    pub fn new(
+        user: &str,
+        password: Option<&str>,
+        dbname: &str,
+        host: &str,
+        port: u16,
+        (cp_min, cp_max): (usize, usize),
+    ) -> Self {
+        PostgresArgs {
+            user: user.to_owned(),
+            password: password.map(str::to_owned),
+            dbname: dbname.to_owned(),
+            host: host.to_owned(),
+            port,
+            cp_min,
+            cp_max,
+        }
+    }
+
+    /// `postgresql://user@host:port/dbname` (never the password), for
+    /// messages and logs.
+    pub fn location(&self) -> String {
+        format!(
+            "postgresql://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
 impl fmt::Debug for PostgresArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresArgs")

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use homeport_core::ServerName;
 use homeport_core::signing::{self, SigningKey};
@@ -57,8 +58,22 @@ pub enum NotaryError {
     Unavailable(String),
 }
 
-/// A countersigned answer: (stored `fetched_at`, our key ids, the answer).
-type Countersigned = (u64, Vec<String>, Value);
+/// A countersigned answer, valid while the stored response is the one it
+/// was signed from (its `fetched_at`) and our keys are unchanged.
+struct Countersigned {
+    fetched_at: u64,
+    valid_until_ts: u64,
+    key_ids: Vec<String>,
+    answer: Value,
+    /// When the store last said this is the stored response.
+    checked: Instant,
+}
+
+/// How long a store read stands for: a cache hit within this time of the
+/// last read is answered without asking the store again (with PostgreSQL,
+/// a round trip per hit otherwise); another instance's refetch is seen
+/// within this time.
+const STORE_RECHECK: Duration = Duration::from_secs(1);
 
 /// The notary.
 pub struct Notary {
@@ -68,10 +83,8 @@ pub struct Notary {
     metrics: Arc<Metrics>,
     limits: NotaryLimits,
     limiter: crate::ratelimit::PerClient,
-    /// Countersigned answers by origin, valid while the stored response is
-    /// the one they were signed from (its `fetched_at`) and our keys are
-    /// unchanged (Ed25519 signatures are deterministic: the bytes equal a
-    /// fresh signature's).
+    /// Countersigned answers by origin (Ed25519 signatures are
+    /// deterministic: the bytes equal a fresh signature's).
     signed: Mutex<HashMap<String, Countersigned>>,
 }
 
@@ -194,6 +207,10 @@ impl Notary {
                 .ok()
                 .map(|(d, _)| (*d).clone()));
         }
+        if let Some(answer) = self.recent_hit(&c, now) {
+            self.metrics.notary(NotaryResult::Hit);
+            return Ok(Some(answer));
+        }
         let stored = match self.store.server_keys(&c.server).await {
             Ok(s) => s,
             Err(e) if e.is_unavailable() => {
@@ -217,7 +234,7 @@ impl Notary {
                 && covers(&s.json, &c.key_ids)
             {
                 self.metrics.notary(NotaryResult::Hit);
-                return self.countersign_cached(&c.server, s.fetched_at, &s.json);
+                return self.countersign_cached(&c.server, s);
             }
         }
         let Ok(name) = ServerName::parse(&c.server) else {
@@ -236,7 +253,7 @@ impl Notary {
                     tracing::warn!(server = %c.server, error = %e, "cannot store fetched keys");
                 }
                 self.metrics.notary(NotaryResult::Miss);
-                self.countersign(f.raw.clone())
+                self.countersign_cached(&c.server, &entry)
             }
             Err(e) => {
                 tracing::info!(server = %c.server, error = %e, "origin keys unavailable");
@@ -245,7 +262,7 @@ impl Notary {
                     // still need the keys.
                     Some(s) => {
                         self.metrics.notary(NotaryResult::Hit);
-                        self.countersign_cached(&c.server, s.fetched_at, &s.json)
+                        self.countersign_cached(&c.server, &s)
                     }
                     None => {
                         self.metrics.notary(NotaryResult::Error);
@@ -256,21 +273,47 @@ impl Notary {
         }
     }
 
-    fn countersign_cached(&self, server: &str, fetched_at: u64, doc: &Value) -> Option<Value> {
+    /// A hit answered from the countersigned cache, when the store was
+    /// read for this origin less than [`STORE_RECHECK`] ago and the entry
+    /// meets the criteria.
+    fn recent_hit(&self, c: &Criteria, now: u64) -> Option<Value> {
         let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
-        if let Ok(m) = self.signed.lock()
-            && let Some((at, k, v)) = m.get(server)
-            && *at == fetched_at
-            && *k == ids
+        let m = self.signed.lock().ok()?;
+        let e = m.get(&c.server)?;
+        let half_life = e.fetched_at + e.valid_until_ts.saturating_sub(e.fetched_at) / 2;
+        (e.checked.elapsed() < STORE_RECHECK
+            && e.key_ids == ids
+            && now < half_life
+            && e.valid_until_ts >= c.minimum_valid_until_ts
+            && covers(&e.answer, &c.key_ids))
+        .then(|| e.answer.clone())
+    }
+
+    fn countersign_cached(&self, server: &str, stored: &StoredKeys) -> Option<Value> {
+        let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
+        if let Ok(mut m) = self.signed.lock()
+            && let Some(e) = m.get_mut(server)
+            && e.fetched_at == stored.fetched_at
+            && e.key_ids == ids
         {
-            return Some(v.clone());
+            e.checked = Instant::now();
+            return Some(e.answer.clone());
         }
-        let v = self.countersign(doc.clone())?;
+        let v = self.countersign(stored.json.clone())?;
         if let Ok(mut m) = self.signed.lock() {
             if m.len() > 10_000 {
                 m.clear();
             }
-            m.insert(server.to_owned(), (fetched_at, ids, v.clone()));
+            m.insert(
+                server.to_owned(),
+                Countersigned {
+                    fetched_at: stored.fetched_at,
+                    valid_until_ts: stored.valid_until_ts,
+                    key_ids: ids,
+                    answer: v.clone(),
+                    checked: Instant::now(),
+                },
+            );
         }
         Some(v)
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use homeport_core::signing::{self, SigningKey};
-use homeport_federation::{ClientConfig, FederationClient, KeyFetcher, MemoryKeyStore, TlsPolicy};
-use homeport_resolve::{Resolver, ResolverConfig, TrustConfig};
+use homeport_federation::{KeyFetcher, MemoryKeyStore, TlsPolicy};
+use homeport_resolve::{ResolverConfig, TrustConfig};
 use tokio::sync::watch;
 
 use crate::acme::{self, AcmeManager, AcmeResolver, AcmeSettings, AcmeTuning, Challenges};
@@ -239,9 +239,9 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
     tracing::info!(backend = store.backend(), at = %store.location(), "store open");
     let metrics = Arc::new(Metrics::default());
     let notary = if cfg.notary.enabled {
-        let (rc, tls) = outbound(cfg)?;
-        let resolver = Resolver::new(rc).map_err(|e| ServeError::Setup(e.to_string()))?;
-        let client = FederationClient::new(resolver, ClientConfig::new(tls), None);
+        // Fetches on behalf of others: the deny list on every address
+        // dialled, as for the tester and the monitor.
+        let client = crate::services::checking_client(cfg, Duration::from_secs(20))?;
         let fetcher = KeyFetcher::new(client, Arc::new(MemoryKeyStore::default()));
         let limits = NotaryLimits {
             max_servers_per_request: cfg.notary.max_servers_per_request,

@@ -1230,17 +1230,17 @@ async fn two_instances_sharing_postgres_order_once() {
         assert_eq!(total("invalid"), 0);
         // `homeport acme renew` from anywhere: the request goes through the
         // database to one running instance.
-        let st = homeport_server::store::PgStore::connect(&homeport_server::config::PostgresArgs {
-            user: pg.user().into(),
-            password: Some(pg.password().into()),
-            dbname: "acme_shared".into(),
-            host: pg.host().to_string(),
-            port: pg.port(),
-            cp_min: 1,
-            cp_max: 2,
-        })
-        .await
-        .unwrap();
+        let st =
+            homeport_server::store::PgStore::connect(&homeport_server::config::PostgresArgs::new(
+                pg.user(),
+                Some(pg.password()),
+                "acme_shared",
+                &pg.host().to_string(),
+                pg.port(),
+                (1, 2),
+            ))
+            .await
+            .unwrap();
         assert!(
             acme::shared_serving(&st).await,
             "the instances say they run"

@@ -547,3 +547,50 @@ async fn proxy_host_policy_backend_and_backend_down() {
     );
     assert!(Proxy::new("ftp://x", HostPolicy::Preserve, Duration::from_secs(1)).is_err());
 }
+
+/// Another instance refetched (the store holds a newer response): a hit
+/// re-reads the store at most a second after the last read, so the newer
+/// response is served within a second; within that second, hits need no
+/// store read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notary_hits_see_another_instances_refetch_within_a_second() {
+    let o = origins();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory().unwrap());
+    let f = notary_state(&o, store.clone(), loopback_allowed());
+    let r = routes::router(f.state.clone(), fed());
+    let q = json!({"server_keys": {o.origin_name.clone(): {}}});
+    let answer = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap()["server_keys"][0].clone();
+    let (_, _, b) = call(&r, post_query(q.clone())).await;
+    let first = answer(&b);
+    // "Another instance" stores a newer response with an extra key.
+    let extra = SigningKey::generate("b_other").unwrap();
+    let newer = ServerKeysBuilder::new(&name(&o.origin_name), now_ms() + 2 * DAY)
+        .verify_key(&o.origin_key)
+        .verify_key(&extra)
+        .sign(&[&o.origin_key, &extra])
+        .unwrap();
+    store
+        .put_server_keys(&StoredKeys {
+            server_name: o.origin_name.clone(),
+            json: newer.clone(),
+            fetched_at: now_ms(),
+            valid_until_ts: now_ms() + 2 * DAY,
+        })
+        .await
+        .unwrap();
+    let (_, _, b) = call(&r, post_query(q.clone())).await;
+    assert_eq!(answer(&b), first, "within the second: the answer it had");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, _, b) = call(&r, post_query(q.clone())).await;
+    let now = answer(&b);
+    assert!(now["verify_keys"]["ed25519:b_other"].is_object(), "{now}");
+    assert_eq!(
+        o.origin.requests().len(),
+        1,
+        "never refetched from the origin"
+    );
+    // Asking for a key the cached answer lacks goes to the store at once.
+    let q2 = json!({"server_keys": {o.origin_name.clone(): {"ed25519:c_unknown": {}}}});
+    call(&r, post_query(q2)).await;
+    assert!(f.state.metrics.notary_counts().0 >= 2);
+}

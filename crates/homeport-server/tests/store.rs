@@ -343,15 +343,14 @@ async fn suite_sqlite() {
 }
 
 fn pg_args(pg: &PgCluster, db: &str) -> PostgresArgs {
-    PostgresArgs {
-        user: pg.user().into(),
-        password: Some(pg.password().into()),
-        dbname: db.into(),
-        host: pg.host().to_string(),
-        port: pg.port(),
-        cp_min: 1,
-        cp_max: 8,
-    }
+    PostgresArgs::new(
+        pg.user(),
+        Some(pg.password()),
+        db,
+        &pg.host().to_string(),
+        pg.port(),
+        (1, 8),
+    )
 }
 
 fn start_pg() -> Option<Arc<PgCluster>> {

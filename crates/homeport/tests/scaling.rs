@@ -118,7 +118,8 @@ http {{
             .arg(&cfg)
             .arg("-e")
             .arg(dir.join("logs/error.log"))
-            .args(["-g", "daemon off; master_process on;"])
+            // One process: killing it on drop leaves no orphaned worker.
+            .args(["-g", "daemon off; master_process off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -180,15 +181,14 @@ federation_custom_ca_list: ['{ca}']
 }
 
 fn pg_args(pg: &PgCluster) -> PostgresArgs {
-    PostgresArgs {
-        user: pg.user().into(),
-        password: Some(pg.password().into()),
-        dbname: "scaling".into(),
-        host: pg.host().to_string(),
-        port: pg.port(),
-        cp_min: 1,
-        cp_max: 2,
-    }
+    PostgresArgs::new(
+        pg.user(),
+        Some(pg.password()),
+        "scaling",
+        &pg.host().to_string(),
+        pg.port(),
+        (1, 2),
+    )
 }
 
 /// POST a query for `server`; (status, body).

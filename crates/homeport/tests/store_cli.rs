@@ -45,15 +45,14 @@ fn config(dir: &Path, name: &str, database: &str) -> String {
 }
 
 fn args(pg: &PgCluster, db: &str) -> PostgresArgs {
-    PostgresArgs {
-        user: pg.user().into(),
-        password: Some(pg.password().into()),
-        dbname: db.into(),
-        host: pg.host().to_string(),
-        port: pg.port(),
-        cp_min: 1,
-        cp_max: 2,
-    }
+    PostgresArgs::new(
+        pg.user(),
+        Some(pg.password()),
+        db,
+        &pg.host().to_string(),
+        pg.port(),
+        (1, 2),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,10 +251,7 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
         }
         Database::Postgres(args) => {
             let v = PgStore::probe(args).await?;
-            let at = format!(
-                "postgresql://{}@{}:{}/{}",
-                args.user, args.host, args.port, args.dbname
-            );
+            let at = args.location();
             Ok(if v == 0 {
                 format!("store: psycopg2 {at} reachable (empty: the schema is created at start)")
             } else {

@@ -151,10 +151,7 @@ impl PgStore {
     /// homeport's own, and migrate it. A database that cannot be reached
     /// here is an error: `serve` does not start without its store.
     pub async fn connect(args: &PostgresArgs) -> Result<Self, StoreError> {
-        let where_ = format!(
-            "postgresql://{}@{}:{}/{}",
-            args.user, args.host, args.port, args.dbname
-        );
+        let where_ = args.location();
         let mgr = Manager::from_config(
             pg_config(args),
             NoTls,
@@ -207,10 +204,7 @@ impl PgStore {
     /// reachable, credentials, homeport's own database; returns the schema
     /// version found (0: empty, migrated at start).
     pub async fn probe(args: &PostgresArgs) -> Result<i64, StoreError> {
-        let where_ = format!(
-            "postgresql://{}@{}:{}/{}",
-            args.user, args.host, args.port, args.dbname
-        );
+        let where_ = args.location();
         let err = |reason: String| StoreError::Open {
             path: where_.clone(),
             reason,
