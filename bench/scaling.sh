@@ -692,9 +692,9 @@ else:
 if two:
     h = two["hits"]
     notes.append("Two instances: nginx's round robin gave P1 %d and P2 %d notary hits in the best round." % (h[1], h[2]))
-notes.append("Every row is a cache hit: each hit reads the stored response (one SELECT on the store: SQLite WAL "
-             "file, or PostgreSQL over TCP with a pool of cp_min %s / cp_max %s) and reuses the cached "
-             "countersignature. Notary misses during the rows: %d (warm-up misses S1/P1/P2: %s); answer %s bytes "
+notes.append("Every row is a cache hit: the notary re-reads the stored response at most once a second per "
+             "origin (one SELECT on the store: SQLite WAL file, or PostgreSQL over TCP with a pool of cp_min %s / "
+             "cp_max %s) and otherwise answers with the cached countersigned copy. Notary misses during the rows: %d (warm-up misses S1/P1/P2: %s); answer %s bytes "
              "(headers+body)%s." % (E["R_CP_MIN"], E["R_CP_MAX"], sum(r["allmisses"] for r in rows.values()),
                                     E["R_WARM_MISSES"], E["R_ANSWER_SIZE"],
                                     ", identical from every instance (one signing key)" if E["R_SAME_BYTES"] == "yes" else ""))
