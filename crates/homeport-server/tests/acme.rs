@@ -515,7 +515,7 @@ async fn http01_first_issuance() {
         wait_for(
             "an unreachable failure",
             Duration::from_secs(20),
-            || orders(&running, "unreachable") > 0,
+            || orders(&running, "unreachable") > 0 && site.state().last_error.is_some(),
             &why,
         )
         .await;
@@ -892,6 +892,9 @@ async fn pebble_stopped_mid_order_keeps_old_certificate() {
     });
 }
 
+/// (The failure is counted just before the state file is written: the
+/// tests wait for both.)
+///
 /// The challenge cannot succeed (the name points where nothing listens):
 /// a clear error naming the domain and pebble's problem, counted as
 /// `invalid`, and no certificate file is created.
@@ -919,7 +922,7 @@ async fn failed_challenge_touches_no_files() {
         wait_for(
             "an invalid order",
             Duration::from_secs(40),
-            || orders(&running, "invalid") > 0,
+            || orders(&running, "invalid") > 0 && site.state().last_error.is_some(),
             &why,
         )
         .await;
@@ -1087,7 +1090,7 @@ async fn rate_limited_waits_for_retry_after() {
         wait_for(
             "a rate_limited failure",
             Duration::from_secs(20),
-            || orders(&running, "rate_limited") > 0,
+            || orders(&running, "rate_limited") > 0 && site.state().last_error.is_some(),
             &|| format!("{:?}", site.state()),
         )
         .await;
