@@ -44,6 +44,7 @@ mod certs;
 mod dns;
 mod http;
 mod net;
+pub mod pebble;
 pub mod postgres;
 
 pub use certs::{

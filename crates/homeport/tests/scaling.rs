@@ -6,11 +6,16 @@
 //!   stored entry and, with nginx retrying on the other upstream, no
 //!   request;
 //! - PostgreSQL restarted mid-run: B answers 503 (with Retry-After) while
-//!   the database is down and recovers by itself, without a restart.
+//!   the database is down and recovers by itself, without a restart;
+//! - with a real ACME server (pebble): one order for two processes; `kill -9`
+//!   of the process holding the order lock frees it; the survivor orders on
+//!   `homeport acme renew`; the killed one, restarted, serves that
+//!   certificate without ordering.
 //!
-//! Needs PostgreSQL's server binaries and nginx (`.ci/run` installs
-//! Debian's `postgresql` and `nginx-light`); without them the test says so
-//! and passes, except under `CI=true`, where that is a failure.
+//! Needs PostgreSQL's server binaries, nginx and pebble (`.ci/run`
+//! installs Debian's `postgresql`, `nginx-light` and `pebble`); without
+//! them the tests say so and pass, except under `CI=true`, where that is a
+//! failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -28,6 +33,7 @@ use homeport_core::signing::{self, SigningKey};
 use homeport_server::config::PostgresArgs;
 use homeport_server::store::{PgStore, Store};
 use homeport_test_support::next_loopback;
+use homeport_test_support::pebble::Pebble;
 use homeport_test_support::postgres::{self, PgCluster};
 use serde_json::{Value, json};
 
@@ -415,4 +421,315 @@ async fn scenario(nginx_bin: PathBuf) {
         "B ran through it all:\n{}",
         b.log_text()
     );
+}
+
+// ---- ACME with two processes ----
+
+const ACME_DOMAIN: &str = "hs1.scaling.test";
+
+/// The leaf served at `addr` for SNI `ACME_DOMAIN`, if a trusted one.
+async fn served_leaf(addr: SocketAddr, roots: &rustls::RootCertStore) -> Option<Vec<u8>> {
+    let cfg = homeport_test_support::client_config_with(roots.clone(), &[b"http/1.1"]).ok()?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from(ACME_DOMAIN).ok()?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(
+        tls.get_ref()
+            .1
+            .peer_certificates()?
+            .first()?
+            .as_ref()
+            .to_vec(),
+    )
+}
+
+async fn wait_leaf(
+    addr: SocketAddr,
+    roots: &rustls::RootCertStore,
+    not: Option<&[u8]>,
+    why: &dyn Fn() -> String,
+) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(l) = served_leaf(addr, roots).await
+            && Some(l.as_slice()) != not
+        {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: no new certificate\n{}",
+            why()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /metrics` over plain HTTP; the `homeport_acme_orders_total` value
+/// for `result`.
+async fn acme_orders(addr: SocketAddr, result: &str) -> u64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let key = format!("homeport_acme_orders_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct AcmeSite {
+    dir: PathBuf,
+    ip: std::net::Ipv4Addr,
+    tls: SocketAddr,
+    metrics: SocketAddr,
+    config: PathBuf,
+}
+
+fn acme_site(
+    root: &Path,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    http_port: u16,
+    pebble: &Pebble,
+    pg: &PgCluster,
+) -> AcmeSite {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("notary.signing.key"), dir.join("hs.signing.key")).unwrap();
+    let tls = SocketAddr::new(IpAddr::V4(ip), common::free_port(IpAddr::V4(ip)));
+    let metrics = SocketAddr::new(IpAddr::V4(ip), common::free_port(IpAddr::V4(ip)));
+    let cfg = format!(
+        "server_name: {ACME_DOMAIN}
+signing_key_path: hs.signing.key
+tls_certificate_path: tls.crt
+tls_private_key_path: tls.key
+listeners:
+  - port: {tls_port}
+    bind_addresses: ['{ip}']
+    tls: true
+    resources: [{{names: [federation]}}]
+  - port: {metrics_port}
+    bind_addresses: ['{ip}']
+    tls: false
+    resources: [{{names: [metrics]}}]
+acme:
+  enabled: true
+  url: {url}
+  directory_ca_file: {ca}
+  account_key_file: acme_account.key
+  reprovision_threshold: 30d
+  challenge: http-01
+  port: {http_port}
+  bind_addresses: ['{ip}']
+{db}log:
+  level: info
+",
+        tls_port = tls.port(),
+        metrics_port = metrics.port(),
+        url = pebble.directory(),
+        ca = pebble.wfe_ca_file.display(),
+        db = pg.yaml_database("acme_procs"),
+    );
+    let config = dir.join("homeport.yaml");
+    std::fs::write(&config, cfg).unwrap();
+    AcmeSite {
+        dir,
+        ip,
+        tls,
+        metrics,
+        config,
+    }
+}
+
+/// A port free on every one of `ips` (pebble validates http-01 on one port
+/// number, at whichever address the name has).
+fn port_free_on(ips: &[std::net::Ipv4Addr]) -> u16 {
+    'outer: for _ in 0..100 {
+        let p = common::free_port(IpAddr::V4(ips[0]));
+        for ip in &ips[1..] {
+            if std::net::TcpListener::bind((*ip, p)).is_err() {
+                continue 'outer;
+            }
+        }
+        return p;
+    }
+    panic!("no common free port");
+}
+
+/// The `homeport/<pid>` of the session holding an advisory lock, if any.
+fn lock_holder(pg: &PgCluster) -> Option<u32> {
+    let out = pg
+        .psql(
+            "acme_procs",
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted",
+        )
+        .unwrap();
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("homeport/")?.parse().ok())
+}
+
+/// Two `homeport serve` processes on one PostgreSQL database and a real
+/// ACME server (pebble): started together they make one order and serve
+/// one certificate; a renewal asked for with `homeport acme renew` goes to
+/// one of them; `kill -9` of that one while it holds the order lock (the
+/// CA's validation is stuck) frees the lock at once; the survivor then
+/// orders; the killed one, restarted, serves the survivor's certificate
+/// without ordering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_pebble_order_once_and_survive_the_orderer_s_kill_9() {
+    if !postgres::available() || !homeport_test_support::pebble::available() {
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(240), acme_scenario())
+        .await
+        .expect("the ACME two-process scenario took longer than 240 s");
+}
+
+async fn acme_scenario() {
+    let root = tempfile::tempdir().unwrap();
+    let pg = postgres::start().unwrap();
+    pg.create_database("acme_procs").unwrap();
+    let key = SigningKey::generate("hs_1").unwrap();
+    std::fs::write(
+        root.path().join("notary.signing.key"),
+        signing::format_key_file(std::slice::from_ref(&key)),
+    )
+    .unwrap();
+    let (ip_a, ip_b, ip_hole) = (next_loopback(), next_loopback(), next_loopback());
+    let http_port = port_free_on(&[ip_a, ip_b, ip_hole]);
+    let dns = homeport_test_support::DnsServer::start(
+        IpAddr::V4(next_loopback()),
+        homeport_test_support::Zone::new().a(ACME_DOMAIN, ip_a),
+    )
+    .unwrap();
+    let pebble_ip = next_loopback();
+    let pebble = Pebble::start(root.path(), pebble_ip, dns.addr(), http_port, 1, None);
+    let roots = pebble.root().await;
+    let a = acme_site(root.path(), "a", ip_a, http_port, &pebble, &pg);
+    let b = acme_site(root.path(), "b", ip_b, http_port, &pebble, &pg);
+    let why = || pebble.log_text();
+    let mut pa = Serve::spawn(&a.config, &a.dir.join("serve.log"));
+    let mut pb = Serve::spawn(&b.config, &b.dir.join("serve.log"));
+    pa.wait_listening(a.metrics).await;
+    pb.wait_listening(b.metrics).await;
+
+    // 1. One order for two processes, one certificate on both.
+    let first = wait_leaf(a.tls, &roots, None, &why).await;
+    let first_b = wait_leaf(b.tls, &roots, None, &why).await;
+    assert_eq!(first, first_b, "one certificate for both");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ok = acme_orders(a.metrics, "ok").await + acme_orders(b.metrics, "ok").await;
+    assert_eq!(
+        ok,
+        1,
+        "one order\nA:\n{}\nB:\n{}",
+        pa.log_text(),
+        pb.log_text()
+    );
+
+    // 2. The CA's validation gets stuck (the name points at a socket that
+    // accepts and never answers); a forced renewal is asked for.
+    let _hole = std::net::TcpListener::bind((ip_hole, http_port)).unwrap();
+    dns.zone()
+        .update(|z| z.remove(ACME_DOMAIN).a(ACME_DOMAIN, ip_hole))
+        .unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_homeport"))
+        .args(["acme", "renew", "--force", "--timeout", "8s", "--config"])
+        .arg(&a.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some(pid) = lock_holder(&pg) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the order lock\nA:\n{}\nB:\n{}",
+            pa.log_text(),
+            pb.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (orderer, survivor, survivor_site, orderer_site) = if Some(holder) == pa.pid() {
+        (&mut pa, &mut pb, &b, &a)
+    } else {
+        assert_eq!(Some(holder), pb.pid(), "the lock holder is one of the two");
+        (&mut pb, &mut pa, &a, &b)
+    };
+    orderer.sigkill();
+    // The database frees the dead session's lock.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock_holder(&pg).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed orderer's lock is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the instance that took the request died"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no instance reported a result within 8s"),
+        "{err}"
+    );
+
+    // 3. The survivor orders when asked (the name now points at it).
+    dns.zone()
+        .update(|z| z.remove(ACME_DOMAIN).a(ACME_DOMAIN, survivor_site.ip))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_homeport"))
+        .args(["acme", "renew", "--force", "--timeout", "60s", "--config"])
+        .arg(&survivor_site.config)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "{stdout}{stderr}\nsurvivor:\n{}",
+        survivor.log_text()
+    );
+    assert!(
+        stderr.contains("asked them to renew"),
+        "handed to the running instance: {stderr}"
+    );
+    assert!(stdout.starts_with("renewed"), "{stdout}");
+    let second = wait_leaf(survivor_site.tls, &roots, Some(&first), &why).await;
+
+    // 4. The killed instance, restarted, serves the survivor's certificate
+    // at once, without ordering.
+    let mut again = Serve::spawn(&orderer_site.config, &orderer_site.dir.join("serve2.log"));
+    again.wait_listening(orderer_site.metrics).await;
+    assert_eq!(
+        served_leaf(orderer_site.tls, &roots).await.as_deref(),
+        Some(second.as_slice())
+    );
+    assert_eq!(acme_orders(orderer_site.metrics, "ok").await, 0);
+    assert_eq!(again.sigterm().await, Some(0));
+    assert_eq!(survivor.sigterm().await, Some(0));
 }

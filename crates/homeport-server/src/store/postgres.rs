@@ -141,7 +141,8 @@ fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
     c.connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        .application_name("homeport")
+        // Which instance a session belongs to, in pg_stat_activity.
+        .application_name(&format!("homeport/{}", std::process::id()))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     c
 }

@@ -99,6 +99,11 @@ impl Serve {
         }
     }
 
+    /// The process id (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9` and reap.
     pub fn sigkill(&mut self) {
         let mut child = self.child.take().unwrap();
