@@ -142,7 +142,7 @@ fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         // Which instance a session belongs to, in pg_stat_activity.
-        .application_name(&format!("homeport/{}", std::process::id()))
+        .application_name(format!("homeport/{}", std::process::id()))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     c
 }
