@@ -277,7 +277,8 @@ database:
   name: sqlite3
   args:
     database: "homeport.db"
-  # PostgreSQL, shared by several instances:
+  # PostgreSQL, shared by several instances (docs/scaling.md; move an
+  # existing store with `homeport store migrate --from sqlite:homeport.db --to THIS_FILE`):
   # name: psycopg2
   # args: {{user: homeport, password: "...", dbname: homeport, host: localhost, port: 5432, cp_min: 5, cp_max: 10}}
 

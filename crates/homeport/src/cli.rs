@@ -118,12 +118,13 @@ pub enum Command {
     /// Reads the `acme:` section of FILE (default ./homeport.yaml; see
     /// docs/acme.md). `status` prints the certificate's names and expiry,
     /// when renewal is due, the last attempt and the last error (kept in
-    /// `<account_key_file>.state.json` by `homeport serve`). `renew` orders
-    /// a certificate now if one is due, or even if not with --force; when
-    /// `homeport serve` runs with the same config on this machine, the
-    /// request is handed to it (it holds the challenge ports) and the
-    /// command waits for the result, otherwise the order runs in this
-    /// process. Exit status: status 0 when a valid certificate is on disk
+    /// `<account_key_file>.state.json` by `homeport serve`, or in the
+    /// database when FILE names PostgreSQL). `renew` orders a certificate
+    /// now if one is due, or even if not with --force; when `homeport
+    /// serve` runs with the same config on this machine (or, with
+    /// PostgreSQL, any instance sharing the database), the request is handed
+    /// to it (it holds the challenge ports) and the command waits for the
+    /// result, otherwise the order runs in this process. Exit status: status 0 when a valid certificate is on disk
     /// and the last attempt did not fail, else 1; renew 0 when renewed or
     /// not due, 1 when the order failed; 2 for a bad config or acme not
     /// enabled.
