@@ -29,6 +29,8 @@ pub struct Metrics {
     acme_bad_nonce: AtomicU64,
     /// When the next ACME renewal is due (unix seconds; 0 = unknown).
     acme_next_renewal: AtomicU64,
+    /// The store's backend and whether its last health probe answered.
+    store_up: Mutex<Option<(String, bool)>>,
 }
 
 /// A notary outcome.
@@ -98,6 +100,13 @@ impl Metrics {
     pub fn gauge(&self, name: &str, label: &str, value: f64) {
         if let Ok(mut m) = self.gauges.lock() {
             m.insert((name.to_owned(), label.to_owned()), value);
+        }
+    }
+
+    /// Record the store's health (`backend`: `sqlite3` or `psycopg2`).
+    pub fn store_up(&self, backend: &str, up: bool) {
+        if let Ok(mut m) = self.store_up.lock() {
+            *m = Some((backend.to_owned(), up));
         }
     }
 
@@ -186,6 +195,16 @@ impl Metrics {
                 "# HELP homeport_acme_next_renewal_timestamp_seconds When the next ACME renewal is due.\n# TYPE homeport_acme_next_renewal_timestamp_seconds gauge\nhomeport_acme_next_renewal_timestamp_seconds {next}\n"
             );
         }
+        if let Ok(m) = self.store_up.lock()
+            && let Some((backend, up)) = &*m
+        {
+            let _ = write!(
+                s,
+                "# HELP homeport_store_up 1 when the store answered its last health probe (every 10 s).\n# TYPE homeport_store_up gauge\nhomeport_store_up{{backend=\"{}\"}} {}\n",
+                esc(backend),
+                u8::from(*up)
+            );
+        }
         if let Ok(m) = self.gauges.lock() {
             let mut last = String::new();
             for ((name, label), v) in m.iter() {
@@ -213,6 +232,7 @@ mod tests {
     #[test]
     fn renders_the_documented_names() {
         let m = Metrics::default();
+        m.store_up("psycopg2", false);
         m.request("keys", 200);
         m.request("keys", 200);
         m.reload(true);
@@ -238,5 +258,9 @@ mod tests {
         assert!(t.contains("homeport_notary_requests_total{result=\"hit\"} 1"));
         assert!(t.contains("homeport_certificate_expiry_seconds{listener=\"0.0.0.0:8448\"} 3600"));
         assert!(t.contains("homeport_federation_ok{server_name=\"example.org\"} 1"));
+        assert!(
+            t.contains("homeport_store_up{backend=\"psycopg2\"} 0"),
+            "{t}"
+        );
     }
 }

@@ -96,20 +96,26 @@ pub struct Running {
     pub store: Arc<dyn Store>,
 }
 
-/// Delete expired cache entries and leases every ten minutes.
-fn spawn_purge(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+/// Probe the store every 10 s (`homeport_store_up`); delete expired cache
+/// entries and leases every ten minutes.
+fn spawn_purge(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
-            match store
-                .purge_expired(homeport_federation::keys::now_ms())
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(rows = n, "store: expired entries deleted"),
-                Err(e) => tracing::debug!(error = %e, "store: purge skipped"),
+            metrics.store_up(store.backend(), store.ping().await.is_ok());
+            if n % 60 == 0 {
+                match store
+                    .purge_expired(homeport_federation::keys::now_ms())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::debug!(rows, "store: expired entries deleted"),
+                    Err(e) => tracing::debug!(error = %e, "store: purge skipped"),
+                }
             }
+            n += 1;
         }
     })
 }
@@ -409,7 +415,7 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
     if let Some(c) = &cert {
         metrics.cert_expiry("tls", c.expires_in());
     }
-    let purge = Some(spawn_purge(store.clone()));
+    let purge = Some(spawn_purge(store.clone(), metrics.clone()));
     Ok(Running {
         store,
         purge,

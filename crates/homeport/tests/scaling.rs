@@ -471,24 +471,31 @@ async fn wait_leaf(
     }
 }
 
-/// `GET /metrics` over plain HTTP; the `homeport_acme_orders_total` value
-/// for `result`.
-async fn acme_orders(addr: SocketAddr, result: &str) -> u64 {
+/// `GET /metrics` over plain HTTP; the value of the sample `series`
+/// (`name{labels}`), if present.
+async fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return 0;
-    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
         .await
-        .unwrap();
+        .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf);
-    let key = format!("homeport_acme_orders_total{{result=\"{result}\"}} ");
+    let key = format!("{series} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+}
+
+/// `homeport_acme_orders_total{result}` (0 when absent).
+async fn acme_orders(addr: SocketAddr, result: &str) -> u64 {
+    metric(
+        addr,
+        &format!("homeport_acme_orders_total{{result=\"{result}\"}}"),
+    )
+    .await
+    .unwrap_or(0)
 }
 
 struct AcmeSite {
