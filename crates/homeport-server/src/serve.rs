@@ -105,7 +105,7 @@ fn spawn_purge(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> tokio::task::Joi
         loop {
             tick.tick().await;
             metrics.store_up(store.backend(), store.ping().await.is_ok());
-            if n % 60 == 0 {
+            if n.is_multiple_of(60) {
                 match store
                     .purge_expired(homeport_federation::keys::now_ms())
                     .await
