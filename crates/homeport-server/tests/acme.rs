@@ -1116,3 +1116,78 @@ async fn two_instances_sharing_postgres_order_once() {
         rb.shutdown().await;
     });
 }
+
+/// tls-alpn-01 with two instances on one PostgreSQL database: the CA's
+/// validation reaches instance A's TLS port only, yet B can order: A
+/// presents the challenge certificate for B's order, loaded from the
+/// database by its sync loop (a TLS handshake cannot wait for a query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_answered_by_the_instance_that_did_not_order() {
+    if !pebble_available() || !homeport_test_support::postgres::available() {
+        return;
+    }
+    bounded!(async {
+        let pg = homeport_test_support::postgres::start().unwrap();
+        pg.create_database("alpn_shared").unwrap();
+        let db = pg.yaml_database("alpn_shared");
+        let a = Site::new();
+        let b = Site::new();
+        let dns = dns_for(a.ip, a.ip);
+        let pebble = Pebble::start(
+            a.dir.path(),
+            a.ip,
+            dns.addr(),
+            a.http_port,
+            a.tls_port,
+            None,
+        );
+        let cfg_a = a.config_db(
+            &pebble.directory(),
+            &pebble.wfe_ca_file,
+            "tls-alpn-01",
+            "30d",
+            &db,
+        );
+        let cfg_b = b.config_db(
+            &pebble.directory(),
+            &pebble.wfe_ca_file,
+            "tls-alpn-01",
+            "30d",
+            &db,
+        );
+        // A first: it orders (the CA reaches it), B adopts.
+        let ra = a.start(&cfg_a).await;
+        let log = pebble.log.clone();
+        let why = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let roots = pebble.root().await;
+        let first = wait_served(a.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
+        let rb = b.start(&cfg_b).await;
+        let first_b = wait_served(b.tls_addr(), &roots, None, Duration::from_secs(10), &why).await;
+        assert_eq!(first, first_b);
+        assert_eq!(orders(&rb, "ok"), 0, "B adopted, did not order");
+        // B orders; pebble validates at A.
+        rb.acme.as_ref().unwrap().trigger(true);
+        let second = wait_served(
+            a.tls_addr(),
+            &roots,
+            Some(&first),
+            Duration::from_secs(40),
+            &why,
+        )
+        .await;
+        assert_eq!(orders(&rb, "ok"), 1, "B ordered");
+        assert_eq!(orders(&ra, "ok"), 1, "A only ordered the first");
+        assert_eq!(orders(&ra, "invalid") + orders(&rb, "invalid"), 0);
+        let second_b = wait_served(
+            b.tls_addr(),
+            &roots,
+            Some(&first),
+            Duration::from_secs(10),
+            &why,
+        )
+        .await;
+        assert_eq!(second, second_b);
+        ra.shutdown().await;
+        rb.shutdown().await;
+    });
+}
