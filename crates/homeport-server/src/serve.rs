@@ -241,7 +241,7 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
     } else {
         None
     };
-    let store: Arc<dyn Store> = crate::store::open(&cfg.database).await?;
+    let store: Arc<dyn Store> = crate::store::open_serving(&cfg.database).await?;
     tracing::info!(backend = store.backend(), at = %store.location(), "store open");
     let metrics = Arc::new(Metrics::default());
     let notary = if cfg.notary.enabled {

@@ -511,3 +511,54 @@ async fn postgres_lock_is_released_when_the_holder_session_dies() {
     }
     drop(held);
 }
+
+/// `serve`'s store starts while the database is down (503s until it is
+/// back, the schema created on the first connection); a database that
+/// refuses us (a wrong password) is still an error at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serving_store_starts_while_the_database_is_down() {
+    let Some(pg) = start_pg() else { return };
+    pg.create_database("late").unwrap();
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.stop_immediate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        PgStore::connect(&pg_args(&pg, "late")).await.is_err(),
+        "strict open fails"
+    );
+    let s = PgStore::connect_serving(&pg_args(&pg, "late"))
+        .await
+        .unwrap();
+    let e = s.server_keys("x.test").await.unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match s.put_server_keys(&keys("x.test", 1, 1, 2)).await {
+            Ok(()) => break,
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("never came up: {e}"),
+        }
+    }
+    assert_eq!(
+        s.version().await.unwrap(),
+        schema::latest(),
+        "migrated on its first connection"
+    );
+    assert!(s.server_keys("x.test").await.unwrap().is_some());
+    let mut bad = pg_args(&pg, "late");
+    bad.password = Some("wrong".into());
+    let e = PgStore::connect_serving(&bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+}

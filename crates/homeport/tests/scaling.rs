@@ -388,6 +388,21 @@ async fn scenario(nginx_bin: PathBuf) {
         body["error"].as_str().unwrap().contains("unavailable"),
         "{body}"
     );
+    // The health gauge says so within its 10 s probe interval.
+    let up = "homeport_store_up{backend=\"psycopg2\"}";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(addr_b, up).await != Some(0) {
+        assert!(Instant::now() < deadline, "homeport_store_up stayed 1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An instance started while the database is down comes up (503 for
+    // what needs the store) and needs no restart either.
+    let addr_c = addr_of();
+    let cfg_c = write_config(dir.path(), "c", &o, addr_c, &pg);
+    let mut c = Serve::spawn(&cfg_c, &dir.path().join("c.log"));
+    c.wait_listening(addr_c).await;
+    let (status, _) = notary_status(addr_c, first).await.unwrap();
+    assert_eq!(status, 503, "{}", c.log_text());
     let pg2 = pg.clone();
     tokio::task::spawn_blocking(move || pg2.start_again())
         .await
@@ -407,6 +422,18 @@ async fn scenario(nginx_bin: PathBuf) {
         recovered["server_keys"][0], via_b,
         "served from the store again"
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let from_c = loop {
+        match notary_status(addr_c, first).await {
+            Ok((200, v)) => break v,
+            Ok((503, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("C did not come up: {other:?}\n{}", c.log_text()),
+        }
+    };
+    assert_eq!(from_c["server_keys"][0], via_b, "C serves the shared entry");
+    assert_eq!(c.sigterm().await, Some(0));
     // A miss after the restart is stored too.
     let last = names
         .iter()

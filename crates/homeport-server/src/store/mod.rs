@@ -264,6 +264,16 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
     }
 }
 
+/// Open the store for `serve`: as [`open`], except that a PostgreSQL
+/// database that cannot be reached yet is not an error (the store answers
+/// unavailable until it can; see [`PgStore::connect_serving`]).
+pub async fn open_serving(db: &Database) -> Result<Arc<dyn Store>, StoreError> {
+    match db {
+        Database::Postgres(args) => Ok(Arc::new(PgStore::connect_serving(args).await?)),
+        other => open(other).await,
+    }
+}
+
 /// Open a store from `sqlite:PATH` (an existing file only) or a config
 /// file's `database:` section (`homeport store migrate`).
 pub async fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {

@@ -11,6 +11,7 @@
 //! queueing behind a dead server. Calls are idempotent, so one that fails
 //! because its connection closed under it is retried once on a fresh one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,9 @@ pub struct PgStore {
     pool: Pool,
     where_: String,
     health: Arc<Mutex<Health>>,
+    /// Whether the schema is known to be current (false when started
+    /// while the database was unreachable).
+    migrated: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -150,8 +154,33 @@ fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
 impl PgStore {
     /// Connect (opening `cp_min` connections), check that the database is
     /// homeport's own, and migrate it. A database that cannot be reached
-    /// here is an error: `serve` does not start without its store.
+    /// here is an error (`homeport store`, checks).
     pub async fn connect(args: &PostgresArgs) -> Result<Self, StoreError> {
+        let store = Self::build(args)?;
+        store.open_initial(args.cp_min).await.map_err(|(_, e)| e)?;
+        Ok(store)
+    }
+
+    /// As [`PgStore::connect`], except that a database that cannot be
+    /// *reached* (down, restarting, network) is not an error: the store
+    /// starts unavailable (503s) and migrates on its first connection, so
+    /// `serve` comes up and serves what does not need the store. Wrong
+    /// credentials, a missing database or a homeserver's database are
+    /// still errors.
+    pub async fn connect_serving(args: &PostgresArgs) -> Result<Self, StoreError> {
+        let store = Self::build(args)?;
+        match store.open_initial(args.cp_min).await {
+            Ok(()) => {}
+            Err((true, e)) => {
+                tracing::warn!(database = %store.where_, error = %e, "store: database unreachable at start; serving without it until it is back");
+                store.mark_down(&e.to_string());
+            }
+            Err((false, e)) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    fn build(args: &PostgresArgs) -> Result<Self, StoreError> {
         let where_ = args.location();
         let mgr = Manager::from_config(
             pg_config(args),
@@ -171,34 +200,38 @@ impl PgStore {
                 path: where_.clone(),
                 reason: e.to_string(),
             })?;
-        let store = PgStore {
+        Ok(PgStore {
             pool,
-            where_: where_.clone(),
+            where_,
             health: Arc::new(Mutex::new(Health::default())),
-        };
+            migrated: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Open `cp_min` connections and migrate on the first. The error says
+    /// whether it was the database being unreachable (true) or something
+    /// waiting would not fix.
+    async fn open_initial(&self, cp_min: usize) -> Result<(), (bool, StoreError)> {
         let open_err = |reason: String| StoreError::Open {
-            path: where_.clone(),
+            path: self.where_.clone(),
             reason,
         };
-        // cp_min connections up front (the first one migrates).
         let mut conns = Vec::new();
-        for _ in 0..args.cp_min.max(1) {
-            conns.push(
-                store
-                    .pool
-                    .get()
-                    .await
-                    .map_err(|e| open_err(pool_error(&e)))?,
-            );
+        for _ in 0..cp_min.max(1) {
+            match self.pool.get().await {
+                Ok(c) => conns.push(c),
+                Err(e) => return Err((pool_unreachable(&e), open_err(pool_error(&e)))),
+            }
         }
         if let Some(first) = conns.first_mut() {
             migrate(first).await.map_err(|f| match f {
-                Fail::Conn(m) => open_err(m),
-                Fail::Other(StoreError::Query(m)) => open_err(m),
-                Fail::Other(e) => e,
+                Fail::Conn(m) => (true, open_err(m)),
+                Fail::Other(StoreError::Query(m)) => (false, open_err(m)),
+                Fail::Other(e) => (false, e),
             })?;
+            self.migrated.store(true, Ordering::SeqCst);
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Connect once without changing anything (`serve --check-config`):
@@ -301,14 +334,34 @@ impl PgStore {
                 }
             }
         }
-        match self.pool.get().await {
-            Ok(c) => Ok(c),
+        let mut c = match self.pool.get().await {
+            Ok(c) => c,
             Err(e) => {
                 let why = pool_error(&e);
                 self.mark_down(&why);
-                Err(self.unavailable(&why))
+                return Err(self.unavailable(&why));
+            }
+        };
+        if !self.migrated.load(Ordering::SeqCst) {
+            // Started while the database was unreachable: its first
+            // connection creates or migrates the schema.
+            match migrate(&mut c).await {
+                Ok(()) => {
+                    self.migrated.store(true, Ordering::SeqCst);
+                    tracing::info!(database = %self.where_, "store: database reachable; schema ready");
+                }
+                Err(Fail::Conn(why)) => {
+                    drop(Object::take(c));
+                    self.mark_down(&why);
+                    return Err(self.unavailable(&why));
+                }
+                Err(Fail::Other(e)) => {
+                    tracing::error!(database = %self.where_, error = %e, "store: cannot use this database");
+                    return Err(e);
+                }
             }
         }
+        Ok(c)
     }
 
     /// Run `f` on a connection; retried once on a fresh connection when the
@@ -337,6 +390,16 @@ impl PgStore {
         }
         self.mark_down(&last);
         Err(self.unavailable(&last))
+    }
+}
+
+/// Whether a pool error means "the database cannot be reached" (as
+/// opposed to refusing us).
+fn pool_unreachable(e: &PoolError) -> bool {
+    match e {
+        PoolError::Backend(pg) => is_connection_error(pg),
+        PoolError::Timeout(_) => true,
+        _ => false,
     }
 }
 
