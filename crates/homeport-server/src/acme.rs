@@ -1318,6 +1318,22 @@ impl AcmeManager {
                 "(the store's key)",
                 SystemTime::now(),
             ) {
+                Ok(c)
+                    if !self
+                        .settings
+                        .names
+                        .iter()
+                        .all(|n| c.names.iter().any(|x| x.eq_ignore_ascii_case(n))) =>
+                {
+                    // Instances configured with other names share a
+                    // database: keep ours, and leave theirs alone.
+                    tracing::warn!(
+                        stored = ?c.names,
+                        configured = ?self.settings.names,
+                        "ACME: the store's certificate does not cover this instance's names; not using it (give every instance the same acme names)"
+                    );
+                    return false;
+                }
                 Ok(c) => {
                     let newer = match &served {
                         None => true,
