@@ -1212,13 +1212,7 @@ impl AcmeManager {
 
     async fn load_state(&self) -> AcmeState {
         match self.shared() {
-            Some(st) => st
-                .kv_get(NS_ACME, "state", 0)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
+            Some(st) => read_state_shared(st.as_ref()).await,
             None => read_state(&self.settings),
         }
     }

@@ -274,26 +274,6 @@ pub async fn open_serving(db: &Database) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
-/// Open a store from `sqlite:PATH` (an existing file only) or a config
-/// file's `database:` section (`homeport store migrate`).
-pub async fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if let Some(path) = spec.strip_prefix("sqlite:") {
-        let p = Path::new(path);
-        if !p.is_file() {
-            return Err(StoreError::Open {
-                path: path.to_owned(),
-                reason: "no such SQLite file".into(),
-            });
-        }
-        return Ok(Arc::new(SqliteStore::open(p)?));
-    }
-    let cfg = crate::config::load(Path::new(spec)).map_err(|e| StoreError::Open {
-        path: spec.to_owned(),
-        reason: e.to_string(),
-    })?;
-    open(&cfg.database).await
-}
-
 /// This process's id as a lease holder: host-independent and unique per
 /// start (pid + random).
 pub fn instance_id() -> &'static str {

@@ -249,36 +249,17 @@ impl PgStore {
             .map_err(|e| err(describe(&e)))?;
         let task = tokio::spawn(conn);
         let r = async {
-            let has_version: bool = client
-                .query_one(
-                    "SELECT to_regclass('public.homeport_schema_version') IS NOT NULL",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if has_version {
+            if table_exists(&client, "homeport_schema_version").await? {
                 let v: i64 = client
                     .query_one("SELECT version FROM homeport_schema_version", &[])
                     .await?
                     .get(0);
                 return Ok(Ok(v));
             }
-            for t in schema::HOMESERVER_TABLES {
-                let found: bool = client
-                    .query_one(
-                        "SELECT to_regclass($1) IS NOT NULL",
-                        &[&format!("public.{t}")],
-                    )
-                    .await?
-                    .get(0);
-                if found {
-                    return Ok(Err(format!(
-                        "this looks like a homeserver's database (it has a table `{t}`); \
-                         homeport needs a database of its own"
-                    )));
-                }
-            }
-            Ok::<_, tokio_postgres::Error>(Ok(0))
+            Ok::<_, tokio_postgres::Error>(match homeserver_table(&client).await? {
+                Some(t) => Err(schema::homeserver_database(t)),
+                None => Ok(0),
+            })
         }
         .await;
         drop(client);
@@ -429,20 +410,10 @@ async fn migrate(c: &mut Object) -> Result<(), Fail> {
         return Err(Fail::Other(StoreError::Query(schema::too_new(version))));
     }
     if version == 0 {
-        for t in schema::HOMESERVER_TABLES {
-            let found: bool = tx
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL",
-                    &[&format!("public.{t}")],
-                )
-                .await?
-                .get(0);
-            if found {
-                return Err(Fail::Other(StoreError::Query(format!(
-                    "this looks like a homeserver's database (it has a table `{t}`); \
-                     homeport needs a database of its own (DESIGN: never the homeserver's)"
-                ))));
-            }
+        if let Some(t) = homeserver_table(&*tx).await? {
+            return Err(Fail::Other(StoreError::Query(schema::homeserver_database(
+                t,
+            ))));
         }
         tx.execute(
             "INSERT INTO homeport_schema_version (version) VALUES (0)",
@@ -463,6 +434,31 @@ async fn migrate(c: &mut Object) -> Result<(), Fail> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether the table `public.{name}` exists.
+async fn table_exists(
+    c: &impl tokio_postgres::GenericClient,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT to_regclass($1) IS NOT NULL",
+        &[&format!("public.{name}")],
+    )
+    .await?
+    .get(0))
+}
+
+/// The first homeserver table this database has, if any.
+async fn homeserver_table(
+    c: &impl tokio_postgres::GenericClient,
+) -> Result<Option<&'static str>, tokio_postgres::Error> {
+    for t in schema::HOMESERVER_TABLES {
+        if table_exists(c, t).await? {
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
 }
 
 /// A stable advisory lock key for `name`.
@@ -725,14 +721,7 @@ async fn q_ping(c: &mut Object) -> Result<(), Fail> {
 
 async fn q_tables(c: &mut Object) -> Result<(), Fail> {
     for t in schema::tables() {
-        let ok: bool = c
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("public.{t}")],
-            )
-            .await?
-            .get(0);
-        if !ok {
+        if !table_exists(&***c, t).await? {
             return Err(Fail::Other(StoreError::Query(format!(
                 "table {t} is missing"
             ))));

@@ -168,6 +168,14 @@ pub fn too_new(found: i64) -> String {
 /// refuses to share it (DESIGN.md: never the homeserver's own database).
 pub const HOMESERVER_TABLES: &[&str] = &["events", "state_groups", "room_memberships"];
 
+/// The error for a database that has the homeserver table `table`.
+pub fn homeserver_database(table: &str) -> String {
+    format!(
+        "this looks like a homeserver's database (it has a table `{table}`); \
+         homeport needs a database of its own"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,20 +75,17 @@ impl SqliteStore {
             path: p.clone(),
             reason: e.to_string(),
         };
-        let write = Connection::open(path).map_err(open_err)?;
+        let mut write = Connection::open(path).map_err(open_err)?;
         configure(&write).map_err(open_err)?;
-        let store = SqliteStore {
-            write: Arc::new(Mutex::new(write)),
-            read: Arc::new(Mutex::new(Connection::open_in_memory().map_err(open_err)?)),
-            path: p.clone(),
-            file: Some(path.to_owned()),
-        };
-        store.migrate()?;
+        migrate(&mut write, &p)?;
+        // The reader opens after the migration: it sees the current schema.
         let read = Connection::open(path).map_err(open_err)?;
         configure(&read).map_err(open_err)?;
         Ok(SqliteStore {
+            write: Arc::new(Mutex::new(write)),
             read: Arc::new(Mutex::new(read)),
-            ..store
+            path: p.clone(),
+            file: Some(path.to_owned()),
         })
     }
 
@@ -125,68 +122,15 @@ impl SqliteStore {
             path: ":memory:".into(),
             reason: e.to_string(),
         })?;
+        let mut conn = conn;
+        migrate(&mut conn, ":memory:")?;
         let conn = Arc::new(Mutex::new(conn));
-        let store = SqliteStore {
+        Ok(SqliteStore {
             write: conn.clone(),
             read: conn,
             path: ":memory:".into(),
             file: None,
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = lock(&self.write);
-        let open_err = |e: rusqlite::Error| StoreError::Open {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(open_err)?;
-        let version: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if version > schema::latest() {
-            return Err(StoreError::Open {
-                path: self.path.clone(),
-                reason: schema::too_new(version),
-            });
-        }
-        if version == 0 {
-            for t in schema::HOMESERVER_TABLES {
-                let found: Option<String> = tx
-                    .query_row(
-                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                        [t],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(open_err)?;
-                if found.is_some() {
-                    return Err(StoreError::Open {
-                        path: self.path.clone(),
-                        reason: format!(
-                            "this looks like a homeserver's database (it has a table `{t}`); \
-                             homeport needs a database of its own"
-                        ),
-                    });
-                }
-            }
-        }
-        for i in 0..schema::MIGRATIONS.len() {
-            let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
-            if v > version {
-                for s in schema::statements(i, Dialect::Sqlite) {
-                    tx.execute_batch(&s).map_err(open_err)?;
-                }
-                tx.pragma_update(None, "user_version", v)
-                    .map_err(open_err)?;
-            }
-        }
-        tx.commit().map_err(open_err)?;
-        Ok(())
+        })
     }
 
     /// Run `f` on the writer connection in the blocking pool.
@@ -203,6 +147,55 @@ impl SqliteStore {
     fn read_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         lock(&self.read)
     }
+}
+
+fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if version > schema::latest() {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            reason: schema::too_new(version),
+        });
+    }
+    if version == 0 {
+        for t in schema::HOMESERVER_TABLES {
+            let found: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [t],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(open_err)?;
+            if found.is_some() {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    reason: schema::homeserver_database(t),
+                });
+            }
+        }
+    }
+    for i in 0..schema::MIGRATIONS.len() {
+        let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if v > version {
+            for s in schema::statements(i, Dialect::Sqlite) {
+                tx.execute_batch(&s).map_err(open_err)?;
+            }
+            tx.pragma_update(None, "user_version", v)
+                .map_err(open_err)?;
+        }
+    }
+    tx.commit().map_err(open_err)?;
+    Ok(())
 }
 
 fn put_keys(tx: &rusqlite::Transaction<'_>, keys: &StoredKeys) -> Result<usize, StoreError> {

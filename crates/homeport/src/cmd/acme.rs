@@ -59,11 +59,11 @@ pub fn status(path: &Path) -> CliResult<ExitCode> {
     let (cfg, _) = load(path)?;
     let mut s = acme::status(&cfg).map_err(|e| CliError::invalid(e, path.display().to_string()))?;
     // Instances sharing a PostgreSQL store keep the state there.
-    if let Some(st) = runtime()?
+    let rt = runtime()?;
+    if let Some(st) = rt
         .block_on(acme::shared_store(&cfg))
         .map_err(|e| CliError::failed(e, "database".to_owned()))?
     {
-        let rt = runtime()?;
         s.state = rt.block_on(acme::read_state_shared(st.as_ref()));
         s.serve_running = rt.block_on(acme::shared_serving(st.as_ref()));
     }
@@ -161,49 +161,52 @@ async fn renew_shared(
     force: bool,
     timeout: Duration,
 ) -> CliResult<Option<ExitCode>> {
-    {
-        if !acme::shared_serving(store).await {
-            return Ok(None);
+    if !acme::shared_serving(store).await {
+        return Ok(None);
+    }
+    let id = acme::request_renewal_shared(store, force)
+        .await
+        .map_err(|e| CliError::failed(e, "database".to_owned()))?;
+    eprintln!(
+        "instances sharing the database are running: asked them to renew; waiting for the result"
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = acme::read_state_shared(store).await;
+        if let Some(h) = st.handled_request.filter(|h| h.id == id) {
+            return handled(h).map(Some);
         }
-        let id = acme::request_renewal_shared(store, force)
-            .await
-            .map_err(|e| CliError::failed(e, "database".to_owned()))?;
-        eprintln!(
-            "instances sharing the database are running: asked them to renew; waiting for the result"
-        );
-        let deadline = Instant::now() + timeout;
-        loop {
-            let st = acme::read_state_shared(store).await;
-            if let Some(h) = st.handled_request.filter(|h| h.id == id) {
-                return if h.ok {
-                    println!("{}", h.message);
-                    Ok(Some(ExitCode::SUCCESS))
-                } else {
-                    Err(CliError::failed(
-                        format!("renewal failed: {}", h.message),
-                        None,
-                    ))
-                };
-            }
-            if Instant::now() >= deadline {
-                acme::withdraw_request_shared(store).await;
-                return Err(CliError::failed(
-                    format!(
-                        "no instance reported a result within {}; see their logs and `homeport acme status`",
-                        homeport_core::duration::format(timeout)
-                    ),
-                    "--timeout".to_owned(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if Instant::now() >= deadline {
+            acme::withdraw_request_shared(store).await;
+            return Err(CliError::failed(
+                format!(
+                    "no instance reported a result within {}; see their logs and `homeport acme status`",
+                    homeport_core::duration::format(timeout)
+                ),
+                "--timeout".to_owned(),
+            ));
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A running server's answer to our renew request, as the command's outcome.
+fn handled(h: acme::HandledRequest) -> CliResult<ExitCode> {
+    if h.ok {
+        println!("{}", h.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::failed(
+            format!("renewal failed: {}", h.message),
+            None,
+        ))
     }
 }
 
 pub fn renew(path: &Path, force: bool, timeout: Duration) -> CliResult<ExitCode> {
     let (cfg, settings) = load(path)?;
+    let rt = runtime()?;
     {
-        let rt = runtime()?;
         let handed = rt.block_on(async {
             match acme::shared_store(&cfg)
                 .await
@@ -230,15 +233,7 @@ pub fn renew(path: &Path, force: bool, timeout: Duration) -> CliResult<ExitCode>
         loop {
             let st = acme::read_state(&settings);
             if let Some(h) = st.handled_request.filter(|h| h.id == id) {
-                return if h.ok {
-                    println!("{}", h.message);
-                    Ok(ExitCode::SUCCESS)
-                } else {
-                    Err(CliError::failed(
-                        format!("renewal failed: {}", h.message),
-                        None,
-                    ))
-                };
+                return handled(h);
             }
             if Instant::now() >= deadline {
                 let _ = std::fs::remove_file(settings.request_path());
@@ -254,10 +249,6 @@ pub fn renew(path: &Path, force: bool, timeout: Duration) -> CliResult<ExitCode>
         }
     }
     init_logging(&cfg.log.level);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}"), None))?;
     let tuning = AcmeTuning {
         order_timeout: timeout,
         ..AcmeTuning::default()

@@ -22,22 +22,22 @@ fn runtime() -> CliResult<tokio::runtime::Runtime> {
 /// `sqlite:PATH` or a config file, opened (a bad config is exit 2, a store
 /// that fails is exit 1).
 async fn open(spec: &str, flag: &str) -> CliResult<Arc<dyn Store>> {
-    if let Some(path) = spec.strip_prefix("sqlite:") {
-        if !Path::new(path).is_file() {
-            return Err(CliError::invalid(
-                format!("{flag}: no SQLite file at {path}"),
-                None,
-            ));
-        }
-    } else {
+    let Some(path) = spec.strip_prefix("sqlite:") else {
         let cfg = config::load(Path::new(spec)).map_err(|e| CliError::invalid(e, None))?;
         return store::open(&cfg.database)
             .await
             .map_err(|e| CliError::failed(e, spec.to_owned()));
+    };
+    // An existing file only: a typo must not create an empty store.
+    if !Path::new(path).is_file() {
+        return Err(CliError::invalid(
+            format!("{flag}: no SQLite file at {path}"),
+            None,
+        ));
     }
-    store::open_spec(spec)
-        .await
-        .map_err(|e| CliError::failed(e, spec.to_owned()))
+    let s = store::SqliteStore::open(Path::new(path))
+        .map_err(|e| CliError::failed(e, spec.to_owned()))?;
+    Ok(Arc::new(s))
 }
 
 fn summary(s: &Snapshot) -> String {
