@@ -935,6 +935,49 @@ async fn rate_limited_waits_for_retry_after() {
     });
 }
 
+/// Two sites sharing one PostgreSQL database and one pebble, whose
+/// validation reaches site A only (the name's one address).
+struct Shared {
+    pg: homeport_test_support::postgres::PgCluster,
+    a: Site,
+    b: Site,
+    _dns: DnsServer,
+    pebble: Pebble,
+    cfg_a: config::Config,
+    cfg_b: config::Config,
+}
+
+impl Shared {
+    /// `validity`: pebble's certificate lifetime in seconds.
+    fn new(db_name: &str, validity: Option<u64>, challenge: &str, threshold: &str) -> Shared {
+        let pg = homeport_test_support::postgres::start().unwrap();
+        pg.create_database(db_name).unwrap();
+        let db = pg.yaml_database(db_name);
+        let (a, b) = (Site::new(), Site::new());
+        let dns = dns_for(a.ip, a.ip);
+        let pebble = Pebble::start(
+            a.dir.path(),
+            a.ip,
+            dns.addr(),
+            a.http_port,
+            a.tls_port,
+            validity,
+        );
+        let dir = pebble.directory();
+        let cfg_a = a.config_db(&dir, &pebble.wfe_ca_file, challenge, threshold, &db);
+        let cfg_b = b.config_db(&dir, &pebble.wfe_ca_file, challenge, threshold, &db);
+        Shared {
+            pg,
+            a,
+            b,
+            _dns: dns,
+            pebble,
+            cfg_a,
+            cfg_b,
+        }
+    }
+}
+
 /// Two instances sharing one PostgreSQL database: started together with no
 /// certificate, they produce one order and serve the same certificate; the
 /// renewal both reach at the same instant is one order too, and both serve
@@ -947,34 +990,15 @@ async fn two_instances_sharing_postgres_order_once() {
         return;
     }
     bounded!(async {
-        let pg = homeport_test_support::postgres::start().unwrap();
-        pg.create_database("acme_shared").unwrap();
-        let db = pg.yaml_database("acme_shared");
-        let a = Site::new();
-        let b = Site::new();
-        let dns = dns_for(a.ip, a.ip);
-        let pebble = Pebble::start(
-            a.dir.path(),
-            a.ip,
-            dns.addr(),
-            a.http_port,
-            a.tls_port,
-            Some(20),
-        );
-        let cfg_a = a.config_db(
-            &pebble.directory(),
-            &pebble.wfe_ca_file,
-            "http-01",
-            "1h",
-            &db,
-        );
-        let cfg_b = b.config_db(
-            &pebble.directory(),
-            &pebble.wfe_ca_file,
-            "http-01",
-            "1h",
-            &db,
-        );
+        let Shared {
+            pg,
+            a,
+            b,
+            _dns,
+            pebble,
+            cfg_a,
+            cfg_b,
+        } = Shared::new("acme_shared", Some(20), "http-01", "1h");
         let (ra, rb) = tokio::join!(a.start(&cfg_a), b.start(&cfg_b));
         let log = pebble.log.clone();
         let why = move || std::fs::read_to_string(&log).unwrap_or_default();
@@ -1127,34 +1151,16 @@ async fn tls_alpn01_answered_by_the_instance_that_did_not_order() {
         return;
     }
     bounded!(async {
-        let pg = homeport_test_support::postgres::start().unwrap();
-        pg.create_database("alpn_shared").unwrap();
-        let db = pg.yaml_database("alpn_shared");
-        let a = Site::new();
-        let b = Site::new();
-        let dns = dns_for(a.ip, a.ip);
-        let pebble = Pebble::start(
-            a.dir.path(),
-            a.ip,
-            dns.addr(),
-            a.http_port,
-            a.tls_port,
-            None,
-        );
-        let cfg_a = a.config_db(
-            &pebble.directory(),
-            &pebble.wfe_ca_file,
-            "tls-alpn-01",
-            "30d",
-            &db,
-        );
-        let cfg_b = b.config_db(
-            &pebble.directory(),
-            &pebble.wfe_ca_file,
-            "tls-alpn-01",
-            "30d",
-            &db,
-        );
+        // Every part is bound: the cluster, DNS and pebble live to the end.
+        let Shared {
+            pg: _pg,
+            a,
+            b,
+            _dns,
+            pebble,
+            cfg_a,
+            cfg_b,
+        } = Shared::new("alpn_shared", None, "tls-alpn-01", "30d");
         // A first: it orders (the CA reaches it), B adopts.
         let ra = a.start(&cfg_a).await;
         let log = pebble.log.clone();
