@@ -136,6 +136,31 @@ fn call(t: &Arc<Tester>, method: &str, uri: &str, ip: &str) -> (u16, http::Heade
     })
 }
 
+/// Six concurrent GETs of `uri`, from six client addresses, spread over
+/// `testers` in turn; their statuses.
+fn concurrent_statuses(testers: &[Arc<Tester>], uri: &str) -> Vec<u16> {
+    env().rt.block_on(async {
+        let mut hs = Vec::new();
+        for i in 0..6 {
+            let router = homeport_server::tester::router(testers[i % testers.len()].clone());
+            let mut req = http::Request::get(uri).body(Body::empty()).unwrap();
+            req.extensions_mut().insert(ConnMeta {
+                client: format!("203.0.113.{i}:1").parse().unwrap(),
+                sni: None,
+                tls: true,
+            });
+            hs.push(tokio::spawn(async move {
+                router.oneshot(req).await.unwrap().status().as_u16()
+            }));
+        }
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
+    })
+}
+
 fn json(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap()
 }
@@ -397,29 +422,10 @@ fn concurrent_requests_for_one_target_share_the_running_check() {
         .iter()
         .filter(|r| r.path() == "/_matrix/federation/v1/version")
         .count();
-    let router = homeport_server::tester::router(t.clone());
-    let statuses: Vec<u16> = env().rt.block_on(async {
-        let mut hs = Vec::new();
-        for i in 0..6 {
-            let router = router.clone();
-            hs.push(tokio::spawn(async move {
-                let mut req = http::Request::get("/api/report?server_name=shared.lab&no_cache=1")
-                    .body(Body::empty())
-                    .unwrap();
-                req.extensions_mut().insert(ConnMeta {
-                    client: format!("203.0.113.{i}:1").parse().unwrap(),
-                    sni: None,
-                    tls: true,
-                });
-                router.oneshot(req).await.unwrap().status().as_u16()
-            }));
-        }
-        let mut out = Vec::new();
-        for h in hs {
-            out.push(h.await.unwrap());
-        }
-        out
-    });
+    let statuses = concurrent_statuses(
+        std::slice::from_ref(&t),
+        "/api/report?server_name=shared.lab&no_cache=1",
+    );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let after = counted
         .requests()
@@ -538,29 +544,10 @@ fn two_instances_sharing_postgres_run_one_check_per_target() {
             .filter(|r| r.path() == "/_matrix/federation/v1/version")
             .count()
     };
-    let statuses: Vec<u16> = env().rt.block_on(async {
-        let mut hs = Vec::new();
-        for i in 0..6 {
-            let t = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let router = homeport_server::tester::router(t);
-            hs.push(tokio::spawn(async move {
-                let mut req = http::Request::get("/api/report?server_name=pgshared.lab")
-                    .body(Body::empty())
-                    .unwrap();
-                req.extensions_mut().insert(ConnMeta {
-                    client: format!("203.0.113.{i}:1").parse().unwrap(),
-                    sni: None,
-                    tls: true,
-                });
-                router.oneshot(req).await.unwrap().status().as_u16()
-            }));
-        }
-        let mut out = Vec::new();
-        for h in hs {
-            out.push(h.await.unwrap());
-        }
-        out
-    });
+    let statuses = concurrent_statuses(
+        &[a.clone(), b.clone()],
+        "/api/report?server_name=pgshared.lab",
+    );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(checks(), 1, "one check for six requests on two instances");
     // Cached for both.
