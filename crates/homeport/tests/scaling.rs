@@ -158,32 +158,7 @@ fn write_config(
     listen: SocketAddr,
     pg: &PgCluster,
 ) -> PathBuf {
-    let cfg = format!(
-        "server_name: {NOTARY}
-signing_key_path: notary.signing.key
-listeners:
-  - port: {port}
-    bind_addresses: ['{ip}']
-    tls: false
-    resources: [{{names: [federation, metrics]}}]
-notary:
-  enabled: true
-dns:
-  nameservers: ['{dns}']
-ip_range_whitelist: ['127.0.0.0/8']
-federation_custom_ca_list: ['{ca}']
-{db}log:
-  level: warn
-",
-        port = listen.port(),
-        ip = listen.ip(),
-        dns = o.dns.addr(),
-        ca = o.ca_file.display(),
-        db = pg.yaml_database("scaling"),
-    );
-    let p = dir.join(format!("{name}.yaml"));
-    std::fs::write(&p, cfg).unwrap();
-    p
+    notary_config(dir, name, o, listen, &pg.yaml_database("scaling"))
 }
 
 fn pg_args(pg: &PgCluster) -> PostgresArgs {

@@ -129,36 +129,12 @@ fn start_burst(
         .collect()
 }
 
-fn write_config(dir: &Path, o: &Origins, dns: SocketAddr, listen: SocketAddr) -> PathBuf {
-    let cfg = format!(
-        "server_name: {NOTARY}
-signing_key_path: notary.signing.key
-listeners:
-  - port: {port}
-    bind_addresses: ['{ip}']
-    tls: false
-    resources: [{{names: [federation]}}]
-notary:
-  enabled: true
-dns:
-  nameservers: ['{dns}']
-ip_range_whitelist: ['127.0.0.0/8']
-federation_custom_ca_list: ['{ca}']
-database:
-  name: sqlite3
-  args:
-    database: '{db}'
-log:
-  level: warn
-",
-        port = listen.port(),
-        ip = listen.ip(),
-        ca = o.ca_file.display(),
-        db = dir.join("homeport.db").display(),
+fn write_config(dir: &Path, o: &Origins, listen: SocketAddr) -> PathBuf {
+    let db = format!(
+        "database:\n  name: sqlite3\n  args:\n    database: '{}'\n",
+        dir.join("homeport.db").display()
     );
-    let p = dir.join("homeport.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    p
+    notary_config(dir, "homeport", o, listen, &db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +156,7 @@ async fn scenario() {
     .unwrap();
     let ip = IpAddr::V4(next_loopback());
     let addr = SocketAddr::new(ip, free_port(ip));
-    let config = write_config(dir.path(), &o, o.dns.addr(), addr);
+    let config = write_config(dir.path(), &o, addr);
     let db = dir.path().join("homeport.db");
     let log = dir.path().join("serve.log");
 

@@ -349,3 +349,40 @@ pub fn check_answer(entry: &Value, name: &str, o: &Origins, notary_key: &Signing
         "{name}: the origin-signed part is the origin's document"
     );
 }
+
+/// A notary config (`NAME.yaml` in `dir`) listening on `listen` (plain
+/// HTTP, federation + metrics), fetching from `o` (its DNS and CA), with
+/// the `database:` section `database` (YAML, ending in a newline).
+pub fn notary_config(
+    dir: &Path,
+    name: &str,
+    o: &Origins,
+    listen: SocketAddr,
+    database: &str,
+) -> PathBuf {
+    let cfg = format!(
+        "server_name: {NOTARY}
+signing_key_path: notary.signing.key
+listeners:
+  - port: {port}
+    bind_addresses: ['{ip}']
+    tls: false
+    resources: [{{names: [federation, metrics]}}]
+notary:
+  enabled: true
+dns:
+  nameservers: ['{dns}']
+ip_range_whitelist: ['127.0.0.0/8']
+federation_custom_ca_list: ['{ca}']
+{database}log:
+  level: warn
+",
+        port = listen.port(),
+        ip = listen.ip(),
+        dns = o.dns.addr(),
+        ca = o.ca_file.display(),
+    );
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
