@@ -78,6 +78,8 @@ PIN=${BENCH_PIN:-1}
 NICE=${BENCH_NICE:--10}
 ROUNDS=${BENCH_ROUNDS:-2}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 XFF_POOL=${BENCH_XFF_POOL:-6000}
 PG_POOL=${BENCH_PG_POOL:-10:10}
 OUT=${BENCH_OUT:-$root/target/bench/scaling.md}
@@ -105,33 +107,9 @@ PG_DB=homeport_bench PG_USER=homeport_bench
 bench_start=$SECONDS
 
 # ---- tools -------------------------------------------------------------------
-need_pkg() { # need_pkg PACKAGE...: apt-get install them, starting no service
-  command -v apt-get >/dev/null 2>&1 || die "$* missing and there is no apt-get"
-  log "installing $* (apt-get)"
-  if [[ -z "${_INTEROP_APT_UPDATED:-}" ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-    _INTEROP_APT_UPDATED=1
-  fi
-  # nginx's (and postgresql's) postinst would start the system service: say no.
-  local policy=/usr/sbin/policy-rc.d made=0 rc=0
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-  ((made == 0)) || rm -f "$policy"
-  ((rc == 0)) || die "apt-get install $* failed"
-}
-need() { # need CMD PACKAGE...: apt-get install PACKAGE when CMD is missing
-  local cmd=$1
-  shift
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 && return 0
-  need_pkg "$@"
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || die "$* installed but no $cmd"
-}
 export PATH="$PATH:/usr/sbin:/sbin"
 ((EUID == 0)) || die "run as root (apt-get, postgres as the postgres OS user)"
-need wrk wrk
-need nginx nginx-light
+apt_ensure wrk:wrk nginx:nginx-light
 pg_bin_dir() { # the highest /usr/lib/postgresql/VERSION/bin with the server programs
   local d
   for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
@@ -139,7 +117,7 @@ pg_bin_dir() { # the highest /usr/lib/postgresql/VERSION/bin with the server pro
   done
   return 1
 }
-pg_bin_dir >/dev/null || need_pkg postgresql # initdb and postgres are not on PATH
+pg_bin_dir >/dev/null || apt_install postgresql # initdb and postgres are not on PATH
 PG_BIN=$(pg_bin_dir) || die "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin"
 id postgres >/dev/null 2>&1 || die "no postgres OS user (Debian's postgresql package creates it)"
 for c in curl python3 taskset setpriv runuser ss; do
@@ -454,16 +432,6 @@ done
 log "set-up done in $((SECONDS - setup_start))s"
 
 # ---- measuring helpers --------------------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # utime+stime of PIDs (every thread of each)
-  local t=0 p s f
-  for p in "$@"; do
-    s=$(<"/proc/$p/stat") || continue
-    read -ra f <<<"${s##*) }"
-    t=$((t + f[11] + f[12]))
-  done
-  printf '%s\n' "$t"
-}
 children() { printf '%s\n' "$1"; ps -o pid= --ppid "$1" | tr -d ' '; }
 pg_ticks() { # the postmaster, its live children and the children it reaped
   local s f t kids
@@ -481,39 +449,8 @@ non200() {
       '/^homeport_http_requests_total\{/ && $2 !~ /status="200"/ { split($3, v, " "); if (v[1] > 0) print i, $2, v[1] }'
   done
 }
-to_ms() { # "612.00us" / "2.05ms" / "1.10s" -> milliseconds
-  awk -v v="$1" 'BEGIN {
-    n = v + 0
-    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
-    printf "%.2f", n }'
-}
-busy_ticks() { # every CPU's non-idle time so far (user nice system irq softirq steal)
-  awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
-}
 pct() { awk -v d="$1" -v hz="$CLK_TCK" -v w="$2" 'BEGIN { printf "%.0f", 100 * d / hz / w }'; }
 
-# wait_quiet: before a row, wait until the machine is nearly idle (less than
-# a third of one CPU busy over 1 s), at most 10 s per row and $QUIET_WAIT s
-# over the whole run, then it measures anyway.
-quiet_left=$QUIET_WAIT
-wait_quiet() {
-  local deadline b0 b1 busy waited=0
-  ((quiet_left > 0)) || return 0
-  deadline=$((SECONDS + (quiet_left < 10 ? quiet_left : 10)))
-  while :; do
-    b0=$(busy_ticks)
-    sleep 1
-    waited=$((waited + 1))
-    b1=$(busy_ticks)
-    busy=$(((b1 - b0) * 100 / CLK_TCK))
-    ((busy < 33)) && break
-    if ((SECONDS >= deadline)); then
-      log "machine still busy (${busy}% of one CPU used by others): measuring anyway"
-      break
-    fi
-  done
-  quiet_left=$((quiet_left - waited))
-}
 
 # run_row ID LABEL STORE INSTANCES PATH URL: one wrk run; appends a line to
 # $WORK/rows.tsv: id label store instances path rps p50 p99 non2xx errors

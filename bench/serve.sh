@@ -76,6 +76,8 @@ PIN=${BENCH_PIN:-1}
 NICE=${BENCH_NICE:--10}
 ROUNDS=${BENCH_ROUNDS:-2}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 OUT=${BENCH_OUT:-$root/target/bench/serve.md}
 XFF_POOL=4000
 
@@ -87,30 +89,8 @@ SYN_IP=127.0.0.172 SYN_NAME=syn.bench
 bench_start=$SECONDS
 
 # ---- tools -------------------------------------------------------------------
-need() { # need CMD PACKAGE...: apt-get install PACKAGE when CMD is missing
-  local cmd=$1
-  shift
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 && return 0
-  command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and there is no apt-get"
-  log "installing $* (apt-get)"
-  if [[ -z "${_INTEROP_APT_UPDATED:-}" ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-    _INTEROP_APT_UPDATED=1
-  fi
-  # nginx's postinst would start the system nginx on 0.0.0.0:80: say no.
-  local policy=/usr/sbin/policy-rc.d made=0 rc=0
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-  ((made == 0)) || rm -f "$policy"
-  ((rc == 0)) || die "apt-get install $* failed"
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || die "$* installed but no $cmd"
-}
 export PATH="$PATH:/usr/sbin:/sbin"
-need wrk wrk
-need nginx nginx-light
-need dnsmasq dnsmasq-base
+apt_ensure wrk:wrk nginx:nginx-light dnsmasq:dnsmasq-base
 for c in curl openssl python3 unshare taskset; do
   command -v "$c" >/dev/null 2>&1 || die "$c is missing"
 done
@@ -351,30 +331,11 @@ done
 log "set-up done in $((SECONDS - setup_start))s"
 
 # ---- measuring helpers --------------------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-cpu_ticks() { # utime+stime of PIDs (every thread of each)
-  local t=0 p s f
-  for p in "$@"; do
-    s=$(<"/proc/$p/stat") || continue
-    read -ra f <<<"${s##*) }"
-    t=$((t + f[11] + f[12]))
-  done
-  printf '%s\n' "$t"
-}
 nginx_pids() { printf '%s\n' "$NGX_PID"; ps -o pid= --ppid "$NGX_PID" | tr -d ' '; }
 metric() { # metric NAME{LABELS}: a counter from homeport's /metrics, 0 if absent
   "${CURL[@]}" "http://$HP_IP:9100/metrics" | awk -v m="$1" '$1 == m { print $2; f = 1 } END { if (!f) print 0 }'
-}
-to_ms() { # "612.00us" / "2.05ms" / "1.10s" -> milliseconds
-  awk -v v="$1" 'BEGIN {
-    n = v + 0
-    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
-    printf "%.2f", n }'
-}
-busy_ticks() { # every CPU's non-idle time so far (user nice system irq softirq steal)
-  awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 
 HP_RSS_IDLE=$(rss_kb "$HP_PID")
@@ -383,29 +344,6 @@ NGX_RSS_IDLE=0
 for p in $(nginx_pids); do NGX_RSS_IDLE=$((NGX_RSS_IDLE + $(rss_kb "$p"))); done
 SYN_RSS_IDLE=$(rss_kb "$SYN_PID")
 
-# wait_quiet: before a row, wait until the machine is nearly idle (less than
-# a third of one CPU busy over 1 s, our servers idle meanwhile), so that a row
-# does not start in the middle of someone else's build: at most 10 s per row
-# and $QUIET_WAIT s over the whole run, then it measures anyway.
-quiet_left=$QUIET_WAIT
-wait_quiet() {
-  local deadline b0 b1 pct waited=0
-  ((quiet_left > 0)) || return 0
-  deadline=$((SECONDS + (quiet_left < 10 ? quiet_left : 10)))
-  while :; do
-    b0=$(busy_ticks)
-    sleep 1
-    waited=$((waited + 1))
-    b1=$(busy_ticks)
-    pct=$(((b1 - b0) * 100 / CLK_TCK))
-    ((pct < 33)) && break
-    if ((SECONDS >= deadline)); then
-      log "machine still busy (${pct}% of one CPU used by others): measuring anyway"
-      break
-    fi
-  done
-  quiet_left=$((quiet_left - waited))
-}
 
 # run_row ID LABEL SERVER URL [WRK-ARGS...]: one wrk run; appends a line to
 # $WORK/rows.tsv: id label server rps p50 p99 non2xx errors srv_cpu% wrk_cpu% other_cpu%

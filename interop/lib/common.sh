@@ -233,16 +233,11 @@ homeport_has() {
 }
 
 # ---- Debian packages ---------------------------------------------------------
-apt_ensure() {
-  local missing=() item cmd pkg
-  for item in "$@"; do
-    cmd=${item%%:*} pkg=${item#*:}
-    command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 ||
-      missing+=("$pkg")
-  done
-  ((${#missing[@]} > 0)) || return 0
-  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and there is no apt-get"
-  log "installing ${missing[*]} (apt-get)"
+# apt_install PACKAGE...: install them (one apt-get update per run), with no
+# service started by their postinst.
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "missing $* and there is no apt-get"
+  log "installing $* (apt-get)"
   # One apt-get update per interop/run (the stamp sits next to the shared
   # results file), or per script run alone.
   local stamp="${INTEROP_RESULTS:-/nonexistent}.apt-updated"
@@ -251,17 +246,30 @@ apt_ensure() {
     : >"$stamp" 2>/dev/null || true
   fi
   _INTEROP_APT_UPDATED=1
-  # The packages' postinst would start nginx/haproxy/caddy as system services
-  # (on 0.0.0.0:80 and so on): a policy-rc.d that says no, for the install only.
+  # The packages' postinst would start nginx/haproxy/caddy/postgresql as
+  # system services (on 0.0.0.0:80 and so on): a policy-rc.d that says no,
+  # for the install only.
   local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
   if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\n# homeport interop: no service starts during apt_ensure\nexit 101\n' >"$policy"
+    printf '#!/bin/sh\n# homeport: no service starts during apt_install\nexit 101\n' >"$policy"
     chmod 755 "$policy"
     made_policy=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || rc=$?
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
   ((made_policy == 0)) || rm -f "$policy"
-  ((rc == 0)) || die "apt-get install ${missing[*]} failed"
+  ((rc == 0)) || die "apt-get install $* failed"
+}
+
+# apt_ensure CMD:PACKAGE...: install the packages whose command is missing.
+apt_ensure() {
+  local missing=() item cmd pkg
+  for item in "$@"; do
+    cmd=${item%%:*} pkg=${item#*:}
+    command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 ||
+      missing+=("$pkg")
+  done
+  ((${#missing[@]} > 0)) || return 0
+  apt_install "${missing[@]}"
   for item in "$@"; do
     cmd=${item%%:*}
     PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 ||
