@@ -69,6 +69,7 @@ use crate::config::{Challenge, Config};
 use crate::listen::{self, Listener};
 use crate::metrics::Metrics;
 use crate::store::{NEVER, Store};
+use homeport_federation::keys::now_ms;
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -133,10 +134,7 @@ impl Challenges {
             return Some(ka);
         }
         let store = self.shared.get()?;
-        let v = store
-            .kv_get(NS_HTTP01, token, now_unix().saturating_mul(1000))
-            .await
-            .ok()??;
+        let v = store.kv_get(NS_HTTP01, token, now_ms()).await.ok()??;
         v.as_str().map(str::to_owned)
     }
 
@@ -146,7 +144,7 @@ impl Challenges {
         let Some(store) = self.shared.get() else {
             return;
         };
-        let now = now_unix().saturating_mul(1000);
+        let now = now_ms();
         let mut found: HashMap<String, Vec<u8>> = HashMap::new();
         for n in names {
             let n = n.to_ascii_lowercase();
@@ -1232,7 +1230,7 @@ impl AcmeManager {
     async fn take_request(&self) -> Option<RenewRequest> {
         match self.shared() {
             Some(st) => st
-                .kv_take(NS_ACME, "request", now_unix().saturating_mul(1000))
+                .kv_take(NS_ACME, "request", now_ms())
                 .await
                 .ok()
                 .flatten()
@@ -1400,7 +1398,7 @@ impl AcmeManager {
     /// request over when one is).
     async fn heartbeat(&self) {
         if let Some(st) = self.shared() {
-            let now = now_unix().saturating_mul(1000);
+            let now = now_ms();
             let _ = st
                 .kv_put(
                     NS_ACME,
@@ -1796,7 +1794,7 @@ impl AcmeManager {
                     ));
                 };
                 let ka = ch.key_authorization();
-                let until = now_unix().saturating_mul(1000) + CHALLENGE_TTL_MS;
+                let until = now_ms() + CHALLENGE_TTL_MS;
                 match s.challenge {
                     Challenge::Http01 => {
                         self.challenges.add_http(&ch.token, ka.as_str());
@@ -2011,9 +2009,7 @@ pub async fn shared_store(cfg: &Config) -> Result<Option<Arc<dyn Store>>, AcmeFa
 /// Whether an instance sharing `store` runs (it says so every 20 s).
 pub async fn shared_serving(store: &dyn Store) -> bool {
     matches!(
-        store
-            .kv_get(NS_ACME, "serving", now_unix().saturating_mul(1000))
-            .await,
+        store.kv_get(NS_ACME, "serving", now_ms()).await,
         Ok(Some(_))
     )
 }
@@ -2025,12 +2021,7 @@ pub async fn request_renewal_shared(store: &dyn Store, force: bool) -> Result<u6
     let v = serde_json::to_value(RenewRequest { id, force })
         .map_err(|e| AcmeFailure::local(e.to_string()))?;
     store
-        .kv_put(
-            NS_ACME,
-            "request",
-            &v,
-            now_unix().saturating_mul(1000) + 10 * 60_000,
-        )
+        .kv_put(NS_ACME, "request", &v, now_ms() + 10 * 60_000)
         .await
         .map_err(|e| AcmeFailure::local(e.to_string()))?;
     Ok(id)

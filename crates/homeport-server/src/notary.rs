@@ -277,7 +277,7 @@ impl Notary {
     /// read for this origin less than [`STORE_RECHECK`] ago and the entry
     /// meets the criteria.
     fn recent_hit(&self, c: &Criteria, now: u64) -> Option<Value> {
-        let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
+        let ids = self.own_key_ids();
         let m = self.signed.lock().ok()?;
         let e = m.get(&c.server)?;
         let half_life = e.fetched_at + e.valid_until_ts.saturating_sub(e.fetched_at) / 2;
@@ -290,7 +290,7 @@ impl Notary {
     }
 
     fn countersign_cached(&self, server: &str, stored: &StoredKeys) -> Option<Value> {
-        let ids: Vec<String> = self.own.keys().iter().map(|k| k.id().to_string()).collect();
+        let ids = self.own_key_ids();
         if let Ok(mut m) = self.signed.lock()
             && let Some(e) = m.get_mut(server)
             && e.fetched_at == stored.fetched_at
@@ -316,6 +316,11 @@ impl Notary {
             );
         }
         Some(v)
+    }
+
+    /// Our key ids (what a cached countersignature was made with).
+    fn own_key_ids(&self) -> Vec<String> {
+        self.own.keys().iter().map(|k| k.id().to_string()).collect()
     }
 
     fn countersign(&self, mut doc: Value) -> Option<Value> {
