@@ -618,6 +618,44 @@ fn is_json(e: &Exchange) -> bool {
     serde_json::from_slice::<Value>(&e.body).is_ok()
 }
 
+/// What it takes to open another connection to the address probed.
+struct Redial<'a> {
+    client: &'a FederationClient,
+    dest: &'a Destination,
+    target: &'a str,
+    addr: SocketAddr,
+}
+
+impl Redial<'_> {
+    /// `GET /_matrix/key/v2/server` with `Host: host` on `sender`, or, when
+    /// that connection fails, once more on a new connection (which then
+    /// replaces `sender`).
+    async fn keys_with_host(&self, sender: &mut Sender, host: &str) -> Option<Exchange> {
+        let none = HeaderMap::new();
+        let path = "/_matrix/key/v2/server";
+        if let Ok(x) = exchange(sender, Method::GET, path, host, &none, None).await {
+            return Some(x);
+        }
+        let cfg = self.client.config();
+        let conn = connect::connect_addr(
+            self.addr,
+            self.target,
+            &self.dest.tls_name,
+            &peer_like(&cfg.tls),
+            false,
+            &cfg.connect,
+        )
+        .await
+        .ok()?;
+        let (mut fresh, _) = open(conn).await.ok()?;
+        let r = exchange(&mut fresh, Method::GET, path, host, &none, None)
+            .await
+            .ok();
+        *sender = fresh;
+        r
+    }
+}
+
 async fn probe_address(
     client: &FederationClient,
     dest: &Destination,
@@ -760,26 +798,18 @@ async fn probe_address(
         }
         _ => format!("{host}:{}", addr.port()),
     };
-    let prescribed = exchange(
-        &mut sender,
-        Method::GET,
-        "/_matrix/key/v2/server",
-        &host,
-        &none,
-        None,
-    )
-    .await
-    .ok();
-    let alt = exchange(
-        &mut sender,
-        Method::GET,
-        "/_matrix/key/v2/server",
-        &alternative,
-        &none,
-        None,
-    )
-    .await
-    .ok();
+    // A request whose connection failed is asked again on a new one: a
+    // server may close a kept-alive connection at any time, and that is not
+    // a verdict on the Host header. A proxy that drops the request itself
+    // (nginx's `return 444`) fails the second time too.
+    let again = Redial {
+        client,
+        dest,
+        target: &target,
+        addr,
+    };
+    let prescribed = again.keys_with_host(&mut sender, &host).await;
+    let alt = again.keys_with_host(&mut sender, &alternative).await;
     let ps = prescribed.as_ref().map(|x| x.status.as_u16());
     let als = alt.as_ref().map(|x| x.status.as_u16());
     let pj = prescribed.as_ref().is_some_and(is_json);

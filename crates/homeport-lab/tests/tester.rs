@@ -592,3 +592,79 @@ fn two_instances_sharing_postgres_run_one_check_per_target() {
         .unwrap();
     assert_eq!(leases.trim(), "1");
 }
+
+/// A server that closes a kept-alive connection (here: drops the first
+/// request that carries the port in Host) is not a proxy rejecting that
+/// Host form: the probe asks again on a new connection. One that drops the
+/// request every time is still reported.
+#[test]
+fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let e = env();
+    let probe = |name: &'static str, drops: usize| {
+        let key = homeport_core::signing::SigningKey::generate("a_d").unwrap();
+        let doc = homeport_core::keys::ServerKeysBuilder::new(
+            &homeport_core::ServerName::parse(name).unwrap(),
+            homeport_federation::keys::now_ms() + 86_400_000,
+        )
+        .verify_key(&key)
+        .sign(&[&key])
+        .unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let d = dropped.clone();
+        let server = HttpsServer::start_on_any_loopback(
+            homeport_lab::DEF_PORT,
+            TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+            homeport_test_support::Handler::new(move |r: &homeport_test_support::Recorded| {
+                let with_port = r.host.as_deref().is_some_and(|h| h.contains(':'));
+                if with_port && d.load(Ordering::SeqCst) < drops {
+                    d.fetch_add(1, Ordering::SeqCst);
+                    return Scripted::close();
+                }
+                match r.path() {
+                    "/_matrix/key/v2/server" => Scripted::json(doc.clone()),
+                    "/_matrix/federation/v1/version" => {
+                        Scripted::json(serde_json::json!({"server": {"name": "d", "version": "1"}}))
+                    }
+                    _ => Scripted::not_found(),
+                }
+            }),
+        )
+        .unwrap();
+        let std::net::IpAddr::V4(ip) = server.addr().ip() else {
+            panic!()
+        };
+        e.lab.dns.zone().update(move |z| z.a(name, ip)).unwrap();
+        let t = tester(open(), true);
+        let (s, _, b) = call(
+            &t,
+            "GET",
+            &format!("/api/v1/check?server_name={name}"),
+            "198.51.100.20",
+        );
+        assert_eq!(s, 200);
+        let v = json(&b);
+        let ids: Vec<String> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, dropped.load(Ordering::SeqCst), server)
+    };
+    let (ids, dropped, _s) = probe("dropsonce.lab", 1);
+    assert_eq!(dropped, 1, "the first Host-with-port request was dropped");
+    assert!(
+        !ids.iter().any(|i| i == "host_port_rejected_by_proxy"),
+        "{ids:?}"
+    );
+    let (ids, dropped, _s) = probe("dropsalways.lab", usize::MAX);
+    assert!(
+        dropped >= 2,
+        "dropped on the first and the new connection: {dropped}"
+    );
+    assert!(
+        ids.iter().any(|i| i == "host_port_rejected_by_proxy"),
+        "{ids:?}"
+    );
+}
