@@ -95,7 +95,7 @@ pub struct LoadedCert {
     pub loaded_at: SystemTime,
 }
 
-fn read_capped(path: &Path) -> Result<Vec<u8>, CertError> {
+pub(crate) fn read_capped(path: &Path) -> Result<Vec<u8>, CertError> {
     use std::io::Read as _;
     let err = |reason: String| CertError::Read {
         path: path.display().to_string(),

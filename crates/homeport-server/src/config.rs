@@ -736,6 +736,77 @@ pub struct PostgresArgs {
     /// and at least 1.
     #[serde(default = "defaults::cp_max")]
     pub cp_max: usize,
+    /// `sslmode`, as in libpq: `disable`, `allow`, `prefer`, `require`,
+    /// `verify-ca` or `verify-full`. Default: absent, meaning `prefer`
+    /// (`verify-full` when `sslrootcert` is `system`); see
+    /// [`PostgresArgs::ssl_mode`]. Not used on a Unix socket.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// `sslrootcert`: the CA certificates (PEM) the server's certificate
+    /// must chain to, or `system` for the system's trusted roots. With
+    /// `require` it makes the mode check the chain, as in libpq.
+    #[serde(default, deserialize_with = "opt::<_, PathS>")]
+    pub sslrootcert: Option<PathBuf>,
+    /// `sslcert`: a client certificate chain (PEM) for `cert`/`clientcert`
+    /// authentication; needs `sslkey`.
+    #[serde(default, deserialize_with = "opt::<_, PathS>")]
+    pub sslcert: Option<PathBuf>,
+    /// `sslkey`: the private key (PEM) of `sslcert`.
+    #[serde(default, deserialize_with = "opt::<_, PathS>")]
+    pub sslkey: Option<PathBuf>,
+    /// `channel_binding`, as in libpq: `disable`, `prefer` (default) or
+    /// `require` (SCRAM-SHA-256-PLUS over TLS, or no connection).
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+}
+
+/// `database.args.sslmode` (libpq's names).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// libpq tries without TLS first; homeport asks for TLS first, as
+    /// with `prefer` (the server decides either way; neither checks the
+    /// certificate).
+    Allow,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS or no connection; the certificate is checked against
+    /// `sslrootcert` when one is given (as `verify-ca`), else not at all.
+    Require,
+    /// TLS, with a certificate that chains to `sslrootcert` (any name).
+    VerifyCa,
+    /// TLS, with a certificate that chains to `sslrootcert` and names
+    /// `host`.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// `database.args.channel_binding` (libpq's names).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never bind SCRAM to the TLS channel.
+    Disable,
+    /// Bind when the server offers SCRAM-SHA-256-PLUS over TLS.
+    #[default]
+    Prefer,
+    /// Refuse to authenticate without channel binding.
+    Require,
 }
 
 impl PostgresArgs {
@@ -757,7 +828,33 @@ impl PostgresArgs {
             port,
             cp_min,
             cp_max,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: ChannelBinding::Prefer,
         }
+    }
+
+    /// The `sslmode` in effect: the configured one, else `verify-full`
+    /// with `sslrootcert: system` and `prefer` otherwise (libpq's rules).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.sslmode.unwrap_or(if self.root_is_system() {
+            SslMode::VerifyFull
+        } else {
+            SslMode::Prefer
+        })
+    }
+
+    /// Whether `sslrootcert` is the word `system` (the system's roots).
+    pub fn root_is_system(&self) -> bool {
+        self.sslrootcert.as_deref() == Some(Path::new("system"))
+    }
+
+    /// Whether the connection is over a Unix socket (`host` is a path),
+    /// where TLS is never used.
+    pub fn is_socket(&self) -> bool {
+        self.host.starts_with('/')
     }
 
     /// `postgresql://user@host:port/dbname` (never the password), for
@@ -780,6 +877,11 @@ impl fmt::Debug for PostgresArgs {
             .field("port", &self.port)
             .field("cp_min", &self.cp_min)
             .field("cp_max", &self.cp_max)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -1267,6 +1369,47 @@ fn finish(mut cfg: Config, text: &str, source: &Path) -> Result<Config, ConfigEr
         );
     }
 
+    if let Database::Postgres(pg) = &cfg.database {
+        let at = |k: &str| KeyPath::default().key("database").key("args").key(k);
+        let mode = pg.ssl_mode();
+        if pg.root_is_system() && mode != SslMode::VerifyFull {
+            return fail(
+                at("sslrootcert"),
+                format!(
+                    "sslrootcert: system needs sslmode verify-full (the system's roots \
+                     vouch for names, so any weaker mode would accept a certificate \
+                     anyone can get), not {}",
+                    mode.as_str()
+                ),
+            );
+        }
+        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.sslrootcert.is_none() {
+            return fail(
+                at("sslmode"),
+                format!(
+                    "sslmode {} needs sslrootcert: the CA file (PEM) that signed the \
+                     server's certificate, or `system`",
+                    mode.as_str()
+                ),
+            );
+        }
+        match (&pg.sslcert, &pg.sslkey) {
+            (Some(_), None) => {
+                return fail(
+                    at("sslcert"),
+                    "sslcert needs sslkey (its private key, PEM)".to_owned(),
+                );
+            }
+            (None, Some(_)) => {
+                return fail(
+                    at("sslkey"),
+                    "sslkey needs sslcert (the client certificate, PEM)".to_owned(),
+                );
+            }
+            _ => {}
+        }
+    }
+
     // Relative paths are relative to the config file.
     let dir = base_dir(source);
     let resolve = |p: &mut PathBuf| {
@@ -1292,6 +1435,19 @@ fn finish(mut cfg: Config, text: &str, source: &Path) -> Result<Config, ConfigEr
         && args.database != Path::new(":memory:")
     {
         resolve(&mut args.database);
+    }
+    if let Database::Postgres(pg) = &mut cfg.database {
+        if !pg.root_is_system()
+            && let Some(p) = pg.sslrootcert.as_mut()
+        {
+            resolve(p);
+        }
+        for p in [pg.sslcert.as_mut(), pg.sslkey.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            resolve(p);
+        }
     }
     Ok(cfg)
 }

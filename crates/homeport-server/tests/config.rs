@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use homeport_core::ServerName;
 use homeport_server::config::{
-    self, Challenge, Database, HostHeaderPolicy, ListenerKind, LogFormat, ResourceName, parse,
+    self, Challenge, ChannelBinding, Database, HostHeaderPolicy, ListenerKind, LogFormat,
+    ResourceName, SslMode, parse,
 };
 use homeport_server::init::{InitError, init};
 
@@ -308,6 +309,11 @@ database:
     dbname: homeport
     host: db.internal
     cp_max: 20
+    sslmode: verify-full
+    sslrootcert: tls/db-ca.pem
+    sslcert: /etc/homeport/db-client.crt
+    sslkey: tls/db-client.key
+    channel_binding: require
 log:
   format: json
   level: homeport_server=debug,info
@@ -381,6 +387,21 @@ log:
             assert_eq!(pg.host, "db.internal");
             assert_eq!(pg.port, 5432);
             assert_eq!((pg.cp_min, pg.cp_max), (5, 20));
+            assert_eq!(pg.ssl_mode(), SslMode::VerifyFull);
+            // Relative to the config file, like every other path.
+            assert_eq!(
+                pg.sslrootcert.as_deref(),
+                Some(Path::new("/etc/homeport/tls/db-ca.pem"))
+            );
+            assert_eq!(
+                pg.sslcert.as_deref(),
+                Some(Path::new("/etc/homeport/db-client.crt"))
+            );
+            assert_eq!(
+                pg.sslkey.as_deref(),
+                Some(Path::new("/etc/homeport/tls/db-client.key"))
+            );
+            assert_eq!(pg.channel_binding, ChannelBinding::Require);
             assert!(!format!("{pg:?}").contains("s3cret"));
         }
         other => panic!("expected postgres, got {other:?}"),
@@ -627,10 +648,37 @@ fn bad_configs_name_file_line_and_key() {
         ),
         (
             with(
-                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslmode: require\n",
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslcrl: x.pem\n",
             ),
-            "unknown key `sslmode`; the keys allowed here are `user`, `password`, `dbname`, \
-             `host`, `port`, `cp_min`, `cp_max` (at h.yaml:15:5, key database.args.sslmode)",
+            "unknown key `sslcrl` (did you mean `sslcert`?) (at h.yaml:15:5, key database.args.sslcrl)",
+        ),
+        (
+            with(
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslmode: verify\n",
+            ),
+            "unknown value `verify`, expected one of `disable`, `allow`, `prefer`, `require`, \
+             `verify-ca`, `verify-full` (at h.yaml:15:14, key database.args.sslmode)",
+        ),
+        (
+            with(
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslmode: verify-full\n",
+            ),
+            "sslmode verify-full needs sslrootcert: the CA file (PEM) that signed the server's \
+             certificate, or `system` (at h.yaml:15:5, key database.args.sslmode)",
+        ),
+        (
+            with(
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslmode: require\n    sslrootcert: system\n",
+            ),
+            "sslrootcert: system needs sslmode verify-full (the system's roots vouch for names, \
+             so any weaker mode would accept a certificate anyone can get), not require \
+             (at h.yaml:16:5, key database.args.sslrootcert)",
+        ),
+        (
+            with(
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    sslcert: c.pem\n",
+            ),
+            "sslcert needs sslkey (its private key, PEM) (at h.yaml:15:5, key database.args.sslcert)",
         ),
         (
             with("database:\n  args:\n    user: u\n    dbnam: d\n  name: psycopg2\n"),

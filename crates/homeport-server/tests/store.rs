@@ -562,3 +562,170 @@ async fn postgres_serving_store_starts_while_the_database_is_down() {
         .to_string();
     assert!(e.contains("password authentication failed"), "{e}");
 }
+
+/// `sslmode` and friends against a real server with TLS: what connects,
+/// what is refused, and why. pg_hba rejects plain TCP logins once TLS is
+/// on, so a connection that works is a TLS one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_modes_certificates_and_channel_binding() {
+    use homeport_server::config::{ChannelBinding, SslMode};
+    use homeport_test_support::TestCa;
+
+    let Some(pg) = start_pg() else { return };
+    pg.create_database("tls").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("db ca").unwrap();
+    let ca_file = ca.write_pem(dir.path()).unwrap();
+    let other_ca_dir = dir.path().join("other");
+    std::fs::create_dir(&other_ca_dir).unwrap();
+    let other_ca_file = TestCa::new("someone else")
+        .unwrap()
+        .write_pem(&other_ca_dir)
+        .unwrap();
+    let with = |mode: Option<SslMode>, root: Option<&PathBuf>| {
+        let mut a = pg_args(&pg, "tls");
+        a.sslmode = mode;
+        a.sslrootcert = root.cloned();
+        a
+    };
+    let refused = async |a: PostgresArgs, want: &str| {
+        let e = PgStore::connect(&a).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(want), "{:?}: {msg}", a.sslmode);
+        assert!(msg.contains(&a.location()), "{msg}");
+        msg
+    };
+    let works = async |a: PostgresArgs| {
+        let s = PgStore::connect(&a)
+            .await
+            .unwrap_or_else(|e| panic!("{:?} {:?}: {e}", a.sslmode, a.channel_binding));
+        s.kv_put("tls", "k", &json!(1), NEVER).await.unwrap();
+    };
+
+    // A server without TLS: prefer falls back to plain (and --check-config
+    // says so), require refuses.
+    works(with(None, None)).await;
+    let line = homeport_server::store::probe(&homeport_server::config::Database::Postgres(with(
+        None, None,
+    )))
+    .await
+    .unwrap();
+    assert!(
+        line.contains(
+            " reachable without TLS, sslmode prefer: the server offers none (schema version"
+        ),
+        "{line}"
+    );
+    refused(
+        with(Some(SslMode::Require), None),
+        "server does not support TLS",
+    )
+    .await;
+    // Channel binding required, and no TLS to bind to.
+    let mut bound = with(None, None);
+    bound.channel_binding = ChannelBinding::Require;
+    refused(bound, "channel binding").await;
+    // ... and `serve` does not start on that either (waiting cannot fix it).
+    let e = PgStore::connect_serving(&with(Some(SslMode::Require), None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("server does not support TLS"), "{e}");
+
+    // TLS on, with a certificate that names db.test but not the address.
+    let named = ca.issue(&["db.test"]).unwrap();
+    let pg2 = pg.clone();
+    let (chain, key) = (named.chain_pem(), named.key_pem());
+    tokio::task::spawn_blocking(move || pg2.enable_tls(&chain, &key, None))
+        .await
+        .unwrap()
+        .unwrap();
+    refused(with(Some(SslMode::Disable), None), "no encryption").await;
+    works(with(None, None)).await; // prefer: TLS, certificate unchecked
+    works(with(Some(SslMode::Allow), None)).await;
+    works(with(Some(SslMode::Require), None)).await;
+    works(with(Some(SslMode::VerifyCa), Some(&ca_file))).await;
+    refused(
+        with(Some(SslMode::VerifyCa), Some(&other_ca_file)),
+        "UnknownIssuer",
+    )
+    .await;
+    // require with a root checks the chain, as verify-ca.
+    works(with(Some(SslMode::Require), Some(&ca_file))).await;
+    refused(
+        with(Some(SslMode::Require), Some(&other_ca_file)),
+        "UnknownIssuer",
+    )
+    .await;
+    let msg = refused(
+        with(Some(SslMode::VerifyFull), Some(&ca_file)),
+        "not valid for name",
+    )
+    .await;
+    assert!(msg.contains(&pg.host().to_string()), "{msg}");
+    let e = PgStore::connect_serving(&with(Some(SslMode::VerifyFull), Some(&ca_file)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not valid for name"), "{e}");
+    // SCRAM bound to the TLS channel (SCRAM-SHA-256-PLUS): the server
+    // checks our tls-server-end-point hash of its certificate.
+    let mut bound = with(None, None);
+    bound.channel_binding = ChannelBinding::Require;
+    works(bound).await;
+    let missing = dir.path().join("missing.pem");
+    refused(
+        with(Some(SslMode::VerifyFull), Some(&missing)),
+        "missing.pem",
+    )
+    .await;
+
+    // A certificate for the address, and client certificates required.
+    let client_ca = TestCa::new("client ca").unwrap();
+    let for_ip = ca.issue(&[&pg.host().to_string()]).unwrap();
+    let pg2 = pg.clone();
+    let (chain, key, cca) = (for_ip.chain_pem(), for_ip.key_pem(), client_ca.cert_pem());
+    tokio::task::spawn_blocking(move || pg2.enable_tls(&chain, &key, Some(&cca)))
+        .await
+        .unwrap()
+        .unwrap();
+    refused(
+        with(Some(SslMode::VerifyFull), Some(&ca_file)),
+        "certificate",
+    )
+    .await;
+    let client = client_ca
+        .issue_with(
+            &["homeport.client"],
+            homeport_test_support::IssueOpts::valid().common_name(pg.user()),
+        )
+        .unwrap();
+    let (cert_file, key_file) = client.write_pem(dir.path(), "client").unwrap();
+    let mut full = with(Some(SslMode::VerifyFull), Some(&ca_file));
+    full.sslcert = Some(cert_file.clone());
+    full.sslkey = Some(key_file.clone());
+    full.channel_binding = ChannelBinding::Require;
+    works(full.clone()).await;
+    // The wrong key for the certificate is named before connecting.
+    let stray = dir.path().join("stray.key");
+    std::fs::write(&stray, named.key_pem()).unwrap();
+    full.sslkey = Some(stray);
+    refused(full, "is not the key of sslcert").await;
+    // --check-config's probe goes through the same TLS.
+    let mut probe = with(Some(SslMode::VerifyFull), Some(&ca_file));
+    probe.sslcert = Some(cert_file);
+    probe.sslkey = Some(key_file);
+    let (version, tls) = PgStore::probe(&probe).await.unwrap();
+    assert_eq!(version, schema::latest());
+    assert!(
+        tls.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
+        "{tls:?}"
+    );
+    let line =
+        homeport_server::store::probe(&homeport_server::config::Database::Postgres(probe.clone()))
+            .await
+            .unwrap();
+    assert!(line.contains(" reachable over TLSv1."), "{line}");
+    assert!(line.contains("sslmode verify-full"), "{line}");
+    probe.sslrootcert = Some(other_ca_file);
+    let e = PgStore::probe(&probe).await.unwrap_err();
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+}

@@ -242,7 +242,10 @@ impl PgCluster {
         let mut conf = fs::OpenOptions::new()
             .append(true)
             .open(self.data.join("postgresql.conf"))?;
-        conf.write_all(b"\n# homeport-test-support\ninclude 'homeport.conf'\n")
+        conf.write_all(
+            b"\n# homeport-test-support\ninclude 'homeport.conf'\n\
+              include_if_exists 'homeport-tls.conf'\n",
+        )
     }
 
     fn write_settings(&self) -> io::Result<()> {
@@ -414,6 +417,60 @@ impl PgCluster {
             .arg("-p")
             .arg(&self.bins.postgres);
         run(&mut cmd, "pg_ctl start", Some(&self.log)).map(drop)
+    }
+
+    /// Turns TLS on and makes TCP connections use it: the server presents
+    /// `cert_chain_pem` (leaf first) with `key_pem`, and `pg_hba.conf` then
+    /// accepts TCP logins only over TLS (`hostssl`, scram-sha-256; a plain
+    /// TCP login is rejected). With `client_ca_pem`, a login also needs a
+    /// client certificate signed by that CA whose common name is the role
+    /// (`clientcert=verify-full`). Unix-socket logins stay `trust`.
+    /// Restarts the server (like [`restart`](Self::restart)) so the next
+    /// connection sees the new settings.
+    pub fn enable_tls(
+        &self,
+        cert_chain_pem: &str,
+        key_pem: &str,
+        client_ca_pem: Option<&str>,
+    ) -> io::Result<()> {
+        // The key must belong to the server's user and be private to it.
+        self.write_owned("homeport-server.crt", cert_chain_pem, 0o644)?;
+        self.write_owned("homeport-server.key", key_pem, 0o600)?;
+        let mut settings = String::from(
+            "ssl = on\n\
+             ssl_cert_file = 'homeport-server.crt'\n\
+             ssl_key_file = 'homeport-server.key'\n",
+        );
+        let mut auth = "scram-sha-256".to_owned();
+        if let Some(ca) = client_ca_pem {
+            self.write_owned("homeport-client-ca.crt", ca, 0o644)?;
+            settings.push_str("ssl_ca_file = 'homeport-client-ca.crt'\n");
+            auth.push_str(" clientcert=verify-full");
+        }
+        self.write_owned("homeport-tls.conf", &settings, 0o644)?;
+        self.write_owned(
+            "pg_hba.conf",
+            &format!(
+                "local all all trust\n\
+                 hostssl all all 127.0.0.0/8 {auth}\n\
+                 hostssl all all ::1/128 {auth}\n\
+                 hostnossl all all 127.0.0.0/8 reject\n\
+                 hostnossl all all ::1/128 reject\n"
+            ),
+            0o600,
+        )?;
+        self.restart()
+    }
+
+    /// Writes `name` in the data directory, owned by the server's user.
+    fn write_owned(&self, name: &str, contents: &str, mode: u32) -> io::Result<()> {
+        let path = self.data.join(name);
+        fs::write(&path, contents)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = self.who.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(())
     }
 
     /// [`stop_immediate`](Self::stop_immediate) then

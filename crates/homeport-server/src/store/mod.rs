@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::config::Database;
 
+mod pg_tls;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
@@ -250,13 +251,21 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
             }
         }
         Database::Postgres(args) => {
-            let v = PgStore::probe(args).await?;
+            let (v, tls) = PgStore::probe(args).await?;
             let at = args.location();
+            let mode = args.ssl_mode().as_str();
+            let over = match tls {
+                _ if args.is_socket() => "over the Unix socket".to_owned(),
+                Some(version) => format!("over {version}, sslmode {mode}"),
+                None => format!("without TLS, sslmode {mode}: the server offers none"),
+            };
             Ok(if v == 0 {
-                format!("store: psycopg2 {at} reachable (empty: the schema is created at start)")
+                format!(
+                    "store: psycopg2 {at} reachable {over} (empty: the schema is created at start)"
+                )
             } else {
                 format!(
-                    "store: psycopg2 {at} reachable (schema version {v}, this homeport: {})",
+                    "store: psycopg2 {at} reachable {over} (schema version {v}, this homeport: {})",
                     schema::latest()
                 )
             })

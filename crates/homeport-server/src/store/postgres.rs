@@ -19,16 +19,16 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use serde_json::Value;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::pg_tls::PgTls;
 use super::schema::{self, Dialect};
 use super::{
     ImportCounts, KvEntry, Snapshot, Store, StoreError, StoreLock, StoredKeys, parse_json, to_i64,
     to_json_text, to_u64,
 };
-use crate::config::PostgresArgs;
+use crate::config::{ChannelBinding, PostgresArgs};
 
 /// How long one connection attempt, one wait for a free connection and
 /// one statement may take.
@@ -92,6 +92,31 @@ fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// A TLS handshake that failed on the settings rather than the network:
+/// the certificate was refused, or `require` met a server without TLS.
+/// Waiting does not fix that, so `serve` does not start on it.
+fn tls_refused(e: &tokio_postgres::Error) -> bool {
+    if !e.to_string().starts_with("error performing TLS handshake") {
+        return false;
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        if inner.downcast_ref::<rustls::Error>().is_some()
+            || inner.to_string() == "server does not support TLS"
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && let Some(r) = io.get_ref()
+            && r.downcast_ref::<rustls::Error>().is_some()
+        {
+            return true;
+        }
+        src = inner.source();
+    }
+    false
+}
+
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
@@ -131,8 +156,15 @@ impl From<StoreError> for Fail {
     }
 }
 
-fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
+fn pg_config(args: &PostgresArgs) -> Result<(tokio_postgres::Config, PgTls), String> {
+    let (ssl_mode, tls) = super::pg_tls::setup(args)?;
     let mut c = tokio_postgres::Config::new();
+    c.ssl_mode(ssl_mode)
+        .channel_binding(match args.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        });
     c.user(&args.user).dbname(&args.dbname).port(args.port);
     if let Some(p) = &args.password {
         c.password(p);
@@ -148,7 +180,7 @@ fn pg_config(args: &PostgresArgs) -> tokio_postgres::Config {
         // Which instance a session belongs to, in pg_stat_activity.
         .application_name(format!("homeport/{}", std::process::id()))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
-    c
+    Ok((c, tls))
 }
 
 impl PgStore {
@@ -182,9 +214,13 @@ impl PgStore {
 
     fn build(args: &PostgresArgs) -> Result<Self, StoreError> {
         let where_ = args.location();
+        let (config, tls) = pg_config(args).map_err(|reason| StoreError::Open {
+            path: where_.clone(),
+            reason,
+        })?;
         let mgr = Manager::from_config(
-            pg_config(args),
-            NoTls,
+            config,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -236,37 +272,43 @@ impl PgStore {
 
     /// Connect once without changing anything (`serve --check-config`):
     /// reachable, credentials, homeport's own database; returns the schema
-    /// version found (0: empty, migrated at start).
-    pub async fn probe(args: &PostgresArgs) -> Result<i64, StoreError> {
+    /// version found (0: empty, migrated at start) and the TLS version the
+    /// session runs over (`None`: not encrypted).
+    pub async fn probe(args: &PostgresArgs) -> Result<(i64, Option<String>), StoreError> {
         let where_ = args.location();
         let err = |reason: String| StoreError::Open {
             path: where_.clone(),
             reason,
         };
-        let (client, conn) = pg_config(args)
-            .connect(NoTls)
-            .await
-            .map_err(|e| err(describe(&e)))?;
+        let (config, tls) = pg_config(args).map_err(err)?;
+        let (client, conn) = config.connect(tls).await.map_err(|e| err(describe(&e)))?;
         let task = tokio::spawn(conn);
         let r = async {
+            let tls: Option<String> = client
+                .query_opt(
+                    "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                    &[],
+                )
+                .await?
+                .map(|r| r.get(0));
             if table_exists(&client, "homeport_schema_version").await? {
                 let v: i64 = client
                     .query_one("SELECT version FROM homeport_schema_version", &[])
                     .await?
                     .get(0);
-                return Ok(Ok(v));
+                return Ok(Ok((v, tls)));
             }
             Ok::<_, tokio_postgres::Error>(match homeserver_table(&client).await? {
                 Some(t) => Err(schema::homeserver_database(t)),
-                None => Ok(0),
+                None => Ok((0, tls)),
             })
         }
         .await;
         drop(client);
         task.abort();
         match r {
-            Ok(Ok(v)) if v > schema::latest() => Err(err(schema::too_new(v))),
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok((v, _))) if v > schema::latest() => Err(err(schema::too_new(v))),
+            Ok(Ok(found)) => Ok(found),
             Ok(Err(m)) => Err(err(m)),
             Err(e) => Err(err(describe(&e))),
         }
@@ -378,7 +420,7 @@ impl PgStore {
 /// opposed to refusing us).
 fn pool_unreachable(e: &PoolError) -> bool {
     match e {
-        PoolError::Backend(pg) => is_connection_error(pg),
+        PoolError::Backend(pg) => is_connection_error(pg) && !tls_refused(pg),
         PoolError::Timeout(_) => true,
         _ => false,
     }
