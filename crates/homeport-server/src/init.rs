@@ -281,6 +281,8 @@ database:
   # existing store with `homeport store migrate --from sqlite:homeport.db --to THIS_FILE`):
   # name: psycopg2
   # args: {{user: homeport, password: "...", dbname: homeport, host: localhost, port: 5432, cp_min: 5, cp_max: 10}}
+  # On another host, add TLS checked against the database's CA:
+  #   sslmode: verify-full, sslrootcert: /etc/homeport/db-ca.pem
 
 log:
   format: text                     # or: json
