@@ -729,3 +729,60 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
     let e = PgStore::probe(&probe).await.unwrap_err();
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 }
+
+/// A database that goes silent (a partition: connections stay open, no
+/// answer, no reset) makes calls fail as unavailable instead of hanging
+/// until TCP gives up, many minutes later; `--check-config`'s probe gives
+/// up too, and the store recovers by itself once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_silent_database_fails_calls_instead_of_hanging() {
+    use homeport_test_support::{Relay, next_loopback};
+    // Far above the store's own bounds (12 s a call, 5 s a connection),
+    // far below what TCP would take.
+    const HANG: Duration = Duration::from_secs(60);
+
+    let Some(pg) = start_pg() else { return };
+    pg.create_database("silent").unwrap();
+    let relay = Relay::start((next_loopback(), 0).into(), (pg.host(), pg.port()).into())
+        .await
+        .unwrap();
+    let mut args = pg_args(&pg, "silent");
+    args.host = relay.addr().ip().to_string();
+    args.port = relay.addr().port();
+    let s = PgStore::connect(&args).await.unwrap();
+    s.kv_put("n", "k", &json!(1), NEVER).await.unwrap();
+
+    relay.freeze();
+    let e = tokio::time::timeout(HANG, s.kv_get("n", "k", 0))
+        .await
+        .expect("a call on a silent database must give up")
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    // Marked down: the next call fails without waiting again.
+    let e = tokio::time::timeout(HANG, s.server_keys("a.test"))
+        .await
+        .expect("marked down: fails at once")
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let e = tokio::time::timeout(HANG, PgStore::probe(&args))
+        .await
+        .expect("the probe must give up")
+        .unwrap_err();
+    assert!(e.to_string().contains("no answer within"), "{e}");
+
+    relay.thaw();
+    let deadline = Instant::now() + HANG;
+    loop {
+        match s.kv_get("n", "k", 0).await {
+            Ok(v) => {
+                assert_eq!(v, Some(json!(1)));
+                break;
+            }
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("not recovered: {e}"),
+        }
+    }
+}

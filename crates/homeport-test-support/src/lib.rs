@@ -46,6 +46,7 @@ mod http;
 mod net;
 pub mod pebble;
 pub mod postgres;
+mod relay;
 
 pub use certs::{
     IssueOpts, TestCa, TestCert, client_config, client_config_with, client_roots, self_signed,
@@ -53,6 +54,7 @@ pub use certs::{
 pub use dns::{DnsServer, Failure, LoggedQuery, Protocol, Zone, ZoneHandle};
 pub use http::{Body, Handler, Handshake, HttpsServer, Recorded, Routes, Scripted, TlsSetup};
 pub use net::{loopback, next_loopback};
+pub use relay::Relay;
 
 /// Re-exported so tests can name record types and build arbitrary records
 /// ([`Zone::record`]) without depending on hickory-proto themselves.

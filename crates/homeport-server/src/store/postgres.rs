@@ -34,6 +34,11 @@ use crate::config::{ChannelBinding, PostgresArgs};
 /// one statement may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// The most one call may wait for the database's answer: the server's own
+/// statement timeout plus a margin. Past it the database has gone silent
+/// (a network partition, a frozen host: no answer, no error, no reset),
+/// which TCP alone would take many minutes to notice.
+const CALL_TIMEOUT: Duration = Duration::from_millis(STATEMENT_TIMEOUT_MS as u64 + 2_000);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -177,6 +182,10 @@ fn pg_config(args: &PostgresArgs) -> Result<(tokio_postgres::Config, PgTls), Str
     c.connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3)
+        // Sent data unacknowledged this long closes the connection.
+        .tcp_user_timeout(CALL_TIMEOUT)
         // Which instance a session belongs to, in pg_stat_activity.
         .application_name(format!("homeport/{}", std::process::id()))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
@@ -281,7 +290,18 @@ impl PgStore {
             reason,
         };
         let (config, tls) = pg_config(args).map_err(err)?;
-        let (client, conn) = config.connect(tls).await.map_err(|e| err(describe(&e)))?;
+        // connect_timeout bounds the TCP connect only; the TLS handshake
+        // and the login are bounded here.
+        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
+            .await
+            .map_err(|_| {
+                err(format!(
+                    "no answer within {}s (connected, but the server did not complete \
+                     the TLS handshake or the login)",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| err(describe(&e)))?;
         let task = tokio::spawn(conn);
         let r = async {
             let tls: Option<String> = client
@@ -302,10 +322,13 @@ impl PgStore {
                 Some(t) => Err(schema::homeserver_database(t)),
                 None => Ok((0, tls)),
             })
-        }
-        .await;
+        };
+        let r = tokio::time::timeout(CALL_TIMEOUT, r).await;
         drop(client);
         task.abort();
+        let Ok(r) = r else {
+            return Err(err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())));
+        };
         match r {
             Ok(Ok((v, _))) if v > schema::latest() => Err(err(schema::too_new(v))),
             Ok(Ok(found)) => Ok(found),
@@ -397,7 +420,14 @@ impl PgStore {
         let mut last = String::new();
         for _ in 0..2 {
             let c = self.conn().await?;
-            let (c, r) = f(c).await;
+            let Ok((c, r)) = tokio::time::timeout(CALL_TIMEOUT, f(c)).await else {
+                // The connection went back to the pool with the dropped
+                // call. A silent database leaves every connection stuck:
+                // drop the idle ones, mark it down, and do not wait again.
+                self.pool.retain(|_, _| false);
+                last = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
+                break;
+            };
             match r {
                 Ok(v) => {
                     self.mark_up();
@@ -863,10 +893,18 @@ impl Store for PgStore {
         let mut last = String::new();
         for _ in 0..2 {
             let c = self.conn().await?;
-            match c
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await
-            {
+            let Ok(answer) = tokio::time::timeout(
+                CALL_TIMEOUT,
+                c.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
+            )
+            .await
+            else {
+                drop(Object::take(c));
+                self.pool.retain(|_, _| false);
+                last = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
+                break;
+            };
+            match answer {
                 Ok(row) => {
                     self.mark_up();
                     let got: bool = row.get(0);
