@@ -417,6 +417,14 @@ pub enum StoreAction {
 #[derive(Debug, Subcommand)]
 pub enum AcmeAction {
     /// Certificate names, expiry, next renewal, last attempt and last error.
+    ///
+    /// With --json, one object (times in unix seconds): `names`,
+    /// `directory`, `certificate` {`path`, `names`, `issuer`, `not_before`,
+    /// `not_after`, `error`}, `next_renewal`, `due`, `last_attempt`,
+    /// `last_success`, `last_error` {`at`, `kind`, `message`, `problem`} or
+    /// null, `consecutive_failures`, `next_retry`, `account` {`url`,
+    /// `key_file`, `key_exists`}, `serve_running`, `state_in` (`file` or
+    /// `database`) and `ok` (the exit status's verdict).
     Status {
         /// The configuration file.
         #[arg(
@@ -426,6 +434,12 @@ pub enum AcmeAction {
             default_value = "homeport.yaml"
         )]
         config: PathBuf,
+        /// Print one JSON object (same as --format json).
+        #[arg(long)]
+        json: bool,
+        /// Output format (human or json).
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
     },
     /// Order a certificate now (if due; with --force, even if not).
     Renew {

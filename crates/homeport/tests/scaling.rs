@@ -729,6 +729,29 @@ async fn acme_scenario() {
     );
     assert!(stdout.starts_with("renewed"), "{stdout}");
     let second = wait_leaf(survivor_site.tls, &roots, Some(&first), &why).await;
+    // `acme status` reads the shared state from the database.
+    let out = Command::new(env!("CARGO_BIN_EXE_homeport"))
+        .args(["acme", "status", "--json", "--config"])
+        .arg(&survivor_site.config)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["state_in"], "database", "{v}");
+    assert_eq!(v["serve_running"], true, "{v}");
+    assert!(v["last_success"].as_u64().is_some(), "{v}");
+    assert!(
+        v["account"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://")),
+        "{v}"
+    );
 
     // 4. The killed instance, restarted, serves the survivor's certificate
     // at once, without ordering.

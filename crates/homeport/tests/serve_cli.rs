@@ -199,3 +199,129 @@ fn serve_that_cannot_start_exits_1() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot listen"));
 }
+
+/// `homeport acme status`: the human text and the `--json` object read the
+/// certificate files and the state `serve` keeps next to the account key;
+/// the exit status says whether all is well.
+#[test]
+fn acme_status_reports_the_certificate_and_the_last_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("status CA").unwrap();
+    let cert = ca.issue(&["hs.test"]).unwrap();
+    cert.write_pem(dir.path(), "tls").unwrap();
+    let p = dir.path().join("homeport.yaml");
+    let ip = next_loopback();
+    std::fs::write(
+        &p,
+        format!(
+            "server_name: hs.test\nsigning_key_path: hs.test.signing.key\n\
+             tls_certificate_path: tls.crt\ntls_private_key_path: tls.key\n\
+             listeners:\n  - port: 8448\n    bind_addresses: ['{ip}']\n    tls: true\n    resources: [{{names: [federation]}}]\n\
+             acme:\n  enabled: true\n  url: https://127.0.0.1:9/dir\n  contact: ['mailto:admin@hs.test']\n  account_key_file: acme.key\n"
+        ),
+    )
+    .unwrap();
+    let status = |json: bool| {
+        let mut c = bin();
+        c.args(["acme", "status", "--config"]).arg(&p);
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        let out = String::from_utf8(o.stdout).unwrap();
+        (
+            o.status.code(),
+            out,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+
+    // A valid certificate and no attempt yet: all well.
+    let (code, out, err) = status(true);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["names"], serde_json::json!(["hs.test"]));
+    assert_eq!(v["directory"], "https://127.0.0.1:9/dir");
+    assert_eq!(v["certificate"]["names"], serde_json::json!(["hs.test"]));
+    assert_eq!(v["certificate"]["error"], serde_json::Value::Null);
+    assert!(
+        v["certificate"]["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("status CA"),
+        "{v}"
+    );
+    let (nb, na) = (
+        v["certificate"]["not_before"].as_u64().unwrap(),
+        v["certificate"]["not_after"].as_u64().unwrap(),
+    );
+    assert!(nb < na, "{v}");
+    assert!(v["next_renewal"].as_u64().unwrap() < na, "{v}");
+    assert_eq!(v["last_error"], serde_json::Value::Null);
+    assert_eq!(v["last_attempt"], serde_json::Value::Null);
+    assert_eq!(v["account"]["key_exists"], false);
+    assert!(
+        v["account"]["key_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("acme.key")
+    );
+    assert_eq!(v["serve_running"], false);
+    assert_eq!(v["state_in"], "file");
+
+    // The last order failed (the state as serve writes it).
+    std::fs::write(
+        dir.path().join("acme.key.state.json"),
+        serde_json::json!({
+            "last_attempt": 1_800_000_000u64,
+            "consecutive_failures": 3,
+            "next_retry": 1_800_000_600u64,
+            "last_error": {
+                "at": 1_800_000_001u64,
+                "kind": "invalid",
+                "message": "validation failed: connection refused",
+                "problem": {"type": "urn:ietf:params:acme:error:connection"}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = status(true);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(
+        v["last_error"],
+        serde_json::json!({
+            "at": 1_800_000_001u64,
+            "kind": "invalid",
+            "message": "validation failed: connection refused",
+            "problem": {"type": "urn:ietf:params:acme:error:connection"}
+        })
+    );
+    assert_eq!(v["consecutive_failures"], 3);
+    assert_eq!(v["next_retry"], 1_800_000_600u64);
+    let (code, text, _) = status(false);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("[invalid]") && text.contains("failures in a row: 3"),
+        "{text}"
+    );
+
+    // No usable certificate: not ok either, and it says why.
+    std::fs::remove_file(dir.path().join("acme.key.state.json")).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["certificate"]["names"], serde_json::Value::Null);
+    assert!(
+        v["certificate"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tls.crt"),
+        "{v}"
+    );
+    assert_eq!(v["due"], true);
+}

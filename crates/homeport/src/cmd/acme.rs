@@ -55,19 +55,76 @@ fn runtime() -> CliResult<tokio::runtime::Runtime> {
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}"), None))
 }
 
-pub fn status(path: &Path) -> CliResult<ExitCode> {
+pub fn status(path: &Path, json: bool) -> CliResult<ExitCode> {
     let (cfg, _) = load(path)?;
     let mut s = acme::status(&cfg).map_err(|e| CliError::invalid(e, path.display().to_string()))?;
     // Instances sharing a PostgreSQL store keep the state there.
     let rt = runtime()?;
-    if let Some(st) = rt
+    let shared = rt
         .block_on(acme::shared_store(&cfg))
-        .map_err(|e| CliError::failed(e, "database".to_owned()))?
-    {
+        .map_err(|e| CliError::failed(e, "database".to_owned()))?;
+    if let Some(st) = &shared {
         s.state = rt.block_on(acme::read_state_shared(st.as_ref()));
         s.serve_running = rt.block_on(acme::shared_serving(st.as_ref()));
     }
-    let mut healthy = true;
+    let healthy = s.certificate.is_some()
+        && s.state
+            .last_error
+            .as_ref()
+            .is_none_or(|e| e.failure.is_none());
+    let code = if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if json {
+        println!("{}", status_json(&s, shared.is_some(), healthy));
+        return Ok(code);
+    }
+    print_status(&s);
+    Ok(code)
+}
+
+/// The `acme status --json` object (documented in the command's help and
+/// docs/acme.md: keep it stable).
+fn status_json(s: &acme::AcmeStatus, in_database: bool, ok: bool) -> serde_json::Value {
+    let st = &s.state;
+    let c = s.certificate.as_ref();
+    serde_json::json!({
+        "names": s.names,
+        "directory": s.directory,
+        "certificate": {
+            "path": s.cert_path,
+            "names": c.map(|c| &c.names),
+            "issuer": c.map(|c| &c.issuer),
+            "not_before": c.map(|c| c.not_before),
+            "not_after": c.map(|c| c.not_after),
+            "error": s.certificate_error,
+        },
+        "next_renewal": s.next_renewal,
+        "due": c.is_none() || s.next_renewal <= now(),
+        "last_attempt": st.last_attempt,
+        "last_success": st.last_success,
+        "last_error": st.last_error.as_ref().and_then(|e| e.failure.as_ref().map(|f| serde_json::json!({
+            "at": e.at,
+            "kind": f.kind.label(),
+            "message": f.message,
+            "problem": f.problem,
+        }))),
+        "consecutive_failures": st.consecutive_failures,
+        "next_retry": st.next_retry,
+        "account": {
+            "url": st.account_url,
+            "key_file": s.account_key_file,
+            "key_exists": s.account_key_exists,
+        },
+        "serve_running": s.serve_running,
+        "state_in": if in_database { "database" } else { "file" },
+        "ok": ok,
+    })
+}
+
+fn print_status(s: &acme::AcmeStatus) {
     println!("names:         {}", s.names.join(", "));
     println!("directory:     {}", s.directory);
     println!("certificate:   {}", s.cert_path.display());
@@ -84,7 +141,6 @@ pub fn status(path: &Path) -> CliResult<ExitCode> {
             }
         }
         (None, e) => {
-            healthy = false;
             println!(
                 "  none usable: {}",
                 e.as_deref().unwrap_or("no certificate")
@@ -108,7 +164,6 @@ pub fn status(path: &Path) -> CliResult<ExitCode> {
     {
         None => println!("last error:    none"),
         Some((at, f)) => {
-            healthy = false;
             println!("last error:    {} [{}]", when(at), f.kind.label());
             println!("  {}", f.message);
             if let Some(p) = &f.problem {
@@ -140,11 +195,6 @@ pub fn status(path: &Path) -> CliResult<ExitCode> {
             "no homeport serve running with this config"
         }
     );
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 fn init_logging(level: &str) {

@@ -26,7 +26,11 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             check_config,
         } => serve::run(&config, check_config),
         Command::Acme { action } => match action {
-            crate::cli::AcmeAction::Status { config } => acme::status(&config),
+            crate::cli::AcmeAction::Status {
+                config,
+                json,
+                format,
+            } => acme::status(&config, json || format == crate::cli::Format::Json),
             crate::cli::AcmeAction::Renew {
                 config,
                 force,
