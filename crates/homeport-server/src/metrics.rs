@@ -31,6 +31,8 @@ pub struct Metrics {
     acme_next_renewal: AtomicU64,
     /// The store's backend and whether its last health probe answered.
     store_up: Mutex<Option<(String, bool)>>,
+    /// The store whose pool and call counts are rendered.
+    store: std::sync::OnceLock<std::sync::Arc<dyn crate::store::Store>>,
 }
 
 /// A notary outcome.
@@ -108,6 +110,12 @@ impl Metrics {
         if let Ok(mut m) = self.store_up.lock() {
             *m = Some((backend.to_owned(), up));
         }
+    }
+
+    /// Render `store`'s pool and call counts (PostgreSQL) with every
+    /// scrape. The first store given is kept.
+    pub fn watch_store(&self, store: std::sync::Arc<dyn crate::store::Store>) {
+        let _ = self.store.set(store);
     }
 
     /// Count one ACME order attempt by result.
@@ -203,6 +211,33 @@ impl Metrics {
                 "# HELP homeport_store_up 1 when the store answered its last health probe (every 10 s).\n# TYPE homeport_store_up gauge\nhomeport_store_up{{backend=\"{}\"}} {}\n",
                 esc(backend),
                 u8::from(*up)
+            );
+        }
+        if let Some(st) = self.store.get().and_then(|st| st.stats()) {
+            let _ = write!(
+                s,
+                "# HELP homeport_store_connections The store's pooled database connections, idle or in use.\n\
+                 # TYPE homeport_store_connections gauge\n\
+                 homeport_store_connections{{state=\"idle\"}} {}\n\
+                 homeport_store_connections{{state=\"busy\"}} {}\n\
+                 # HELP homeport_store_connections_max The pool's bound (database.args.cp_max).\n\
+                 # TYPE homeport_store_connections_max gauge\n\
+                 homeport_store_connections_max {}\n\
+                 # HELP homeport_store_waiting Calls waiting for a free connection.\n\
+                 # TYPE homeport_store_waiting gauge\n\
+                 homeport_store_waiting {}\n\
+                 # HELP homeport_store_calls_total Store calls by outcome (unavailable: the database could not be reached; answered 503).\n\
+                 # TYPE homeport_store_calls_total counter\n\
+                 homeport_store_calls_total{{result=\"ok\"}} {}\n\
+                 homeport_store_calls_total{{result=\"error\"}} {}\n\
+                 homeport_store_calls_total{{result=\"unavailable\"}} {}\n",
+                st.idle,
+                st.connections.saturating_sub(st.idle),
+                st.max,
+                st.waiting,
+                st.calls_ok,
+                st.calls_failed,
+                st.calls_unavailable
             );
         }
         if let Ok(m) = self.gauges.lock() {

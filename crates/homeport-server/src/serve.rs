@@ -99,6 +99,7 @@ pub struct Running {
 /// Probe the store every 10 s (`homeport_store_up`); delete expired cache
 /// entries and leases every ten minutes.
 fn spawn_purge(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    metrics.watch_store(store.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         let mut n: u64 = 0;

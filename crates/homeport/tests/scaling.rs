@@ -370,6 +370,21 @@ async fn scenario(nginx_bin: PathBuf) {
         assert!(Instant::now() < deadline, "homeport_store_up stayed 1");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // ... and the calls that found it unreachable are counted (the 503s
+    // above among them), beside the ones answered before.
+    let unavailable = "homeport_store_calls_total{result=\"unavailable\"}";
+    assert!(metric(addr_b, unavailable).await.unwrap() >= 1);
+    assert!(
+        metric(addr_b, "homeport_store_calls_total{result=\"ok\"}")
+            .await
+            .unwrap()
+            >= 1
+    );
+    // The cp_max of PgCluster::yaml_database.
+    assert_eq!(
+        metric(addr_b, "homeport_store_connections_max").await,
+        Some(8)
+    );
     // An instance started while the database is down comes up (503 for
     // what needs the store) and needs no restart either.
     let addr_c = addr_of();

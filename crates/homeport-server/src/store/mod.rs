@@ -122,6 +122,25 @@ impl std::fmt::Debug for StoreLock {
     }
 }
 
+/// A pooled store's connections and calls since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Connections open (idle and in use).
+    pub connections: usize,
+    /// Of those, idle.
+    pub idle: usize,
+    /// The pool's bound (`cp_max`).
+    pub max: usize,
+    /// Callers waiting for a connection right now.
+    pub waiting: usize,
+    /// Calls answered.
+    pub calls_ok: u64,
+    /// Calls that failed with an error from the database (a query error).
+    pub calls_failed: u64,
+    /// Calls that failed because the database was unreachable (503s).
+    pub calls_unavailable: u64,
+}
+
 /// What the notary, the tester and ACME need from a store.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -132,6 +151,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether several instances can share this store (PostgreSQL).
     fn shared(&self) -> bool {
         false
+    }
+    /// The connection pool and call counts, for `/metrics` (PostgreSQL;
+    /// `None` for SQLite, which has no pool).
+    fn stats(&self) -> Option<StoreStats> {
+        None
     }
     /// The latest stored response for `server`.
     async fn server_keys(&self, server: &str) -> Result<Option<StoredKeys>, StoreError>;

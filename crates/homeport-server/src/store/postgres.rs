@@ -11,7 +11,7 @@
 //! queueing behind a dead server. Calls are idempotent, so one that fails
 //! because its connection closed under it is retried once on a fresh one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use tokio_postgres::types::ToSql;
 use super::pg_tls::PgTls;
 use super::schema::{self, Dialect};
 use super::{
-    ImportCounts, KvEntry, Snapshot, Store, StoreError, StoreLock, StoredKeys, parse_json, to_i64,
-    to_json_text, to_u64,
+    ImportCounts, KvEntry, Snapshot, Store, StoreError, StoreLock, StoreStats, StoredKeys,
+    parse_json, to_i64, to_json_text, to_u64,
 };
 use crate::config::{ChannelBinding, PostgresArgs};
 
@@ -69,6 +69,8 @@ pub struct PgStore {
     /// Whether the schema is known to be current (false when started
     /// while the database was unreachable).
     migrated: Arc<AtomicBool>,
+    /// Calls answered, failed, unavailable (`/metrics`).
+    calls: Arc<[AtomicU64; 3]>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -250,7 +252,19 @@ impl PgStore {
             where_,
             health: Arc::new(Mutex::new(Health::default())),
             migrated: Arc::new(AtomicBool::new(false)),
+            calls: Arc::new(Default::default()),
         })
+    }
+
+    /// Count one call's outcome for [`Store::stats`].
+    fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let i = match &r {
+            Ok(_) => 0,
+            Err(e) if e.is_unavailable() => 2,
+            Err(_) => 1,
+        };
+        self.calls[i].fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     /// Open `cp_min` connections and migrate on the first. The error says
@@ -413,6 +427,15 @@ impl PgStore {
     /// Run `f` on a connection; retried once on a fresh connection when the
     /// first one turns out closed.
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = (Object, Result<T, Fail>)>,
+    {
+        let r = self.run_uncounted(f).await;
+        self.count(r)
+    }
+
+    async fn run_uncounted<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(Object) -> Fut,
         Fut: std::future::Future<Output = (Object, Result<T, Fail>)>,
@@ -802,6 +825,42 @@ async fn q_tables(c: &mut Object) -> Result<(), Fail> {
     Ok(())
 }
 
+impl PgStore {
+    /// [`Store::try_lock`], uncounted.
+    async fn try_lock_uncounted(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        let key = lock_key(name);
+        let mut last = String::new();
+        for _ in 0..2 {
+            let c = self.conn().await?;
+            let Ok(answer) = tokio::time::timeout(
+                CALL_TIMEOUT,
+                c.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
+            )
+            .await
+            else {
+                drop(Object::take(c));
+                self.pool.retain(|_, _| false);
+                last = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
+                break;
+            };
+            match answer {
+                Ok(row) => {
+                    self.mark_up();
+                    let got: bool = row.get(0);
+                    return Ok(got.then(|| StoreLock::new(AdvisoryLock(Some(c)))));
+                }
+                Err(e) if is_connection_error(&e) => {
+                    drop(Object::take(c));
+                    last = describe(&e);
+                }
+                Err(e) => return Err(StoreError::Query(describe(&e))),
+            }
+        }
+        self.mark_down(&last);
+        Err(self.unavailable(&last))
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -814,6 +873,19 @@ impl Store for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        let st = self.pool.status();
+        Some(StoreStats {
+            connections: st.size,
+            idle: st.available,
+            max: st.max_size,
+            waiting: st.waiting,
+            calls_ok: self.calls[0].load(Ordering::Relaxed),
+            calls_failed: self.calls[1].load(Ordering::Relaxed),
+            calls_unavailable: self.calls[2].load(Ordering::Relaxed),
+        })
     }
 
     async fn server_keys(&self, server: &str) -> Result<Option<StoredKeys>, StoreError> {
@@ -889,36 +961,8 @@ impl Store for PgStore {
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
-        let key = lock_key(name);
-        let mut last = String::new();
-        for _ in 0..2 {
-            let c = self.conn().await?;
-            let Ok(answer) = tokio::time::timeout(
-                CALL_TIMEOUT,
-                c.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
-            )
-            .await
-            else {
-                drop(Object::take(c));
-                self.pool.retain(|_, _| false);
-                last = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
-                break;
-            };
-            match answer {
-                Ok(row) => {
-                    self.mark_up();
-                    let got: bool = row.get(0);
-                    return Ok(got.then(|| StoreLock::new(AdvisoryLock(Some(c)))));
-                }
-                Err(e) if is_connection_error(&e) => {
-                    drop(Object::take(c));
-                    last = describe(&e);
-                }
-                Err(e) => return Err(StoreError::Query(describe(&e))),
-            }
-        }
-        self.mark_down(&last);
-        Err(self.unavailable(&last))
+        let r = self.try_lock_uncounted(name).await;
+        self.count(r)
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
