@@ -1083,6 +1083,33 @@ impl Config {
                 }
             }
         }
+        if let Database::Postgres(pg) = &self.database
+            && !pg.is_socket()
+            && !is_local_host(&pg.host)
+        {
+            let how = match pg.ssl_mode() {
+                SslMode::VerifyFull => None,
+                SslMode::VerifyCa => Some("encrypted, but the certificate's name is not checked"),
+                SslMode::Require if pg.sslrootcert.is_some() => {
+                    Some("encrypted, but the certificate's name is not checked")
+                }
+                SslMode::Require => Some("encrypted, but the server's certificate is not checked"),
+                SslMode::Prefer | SslMode::Allow => Some(
+                    "encrypted only if the server offers TLS, and its certificate is not checked",
+                ),
+                SslMode::Disable => Some("not encrypted"),
+            };
+            if let Some(how) = how {
+                out.push(format!(
+                    "database.args.sslmode is {} and the database at {} is not on this machine: \
+                     the connection is {how}, and it carries the notary's cache and, with ACME, \
+                     the certificate's private key; set sslmode: verify-full with sslrootcert \
+                     (docs/configuration.md, `database`)",
+                    pg.ssl_mode().as_str(),
+                    pg.host
+                ));
+            }
+        }
         if self.acme.enabled && !self.listeners.iter().any(|l| l.tls) {
             out.push(
                 "acme is enabled but no listener has tls: true: certificates are written to \
@@ -1450,6 +1477,16 @@ fn finish(mut cfg: Config, text: &str, source: &Path) -> Result<Config, ConfigEr
         }
     }
     Ok(cfg)
+}
+
+/// `localhost` or a loopback address: a database on this machine.
+fn is_local_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn base_dir(source: &Path) -> PathBuf {

@@ -413,6 +413,41 @@ log:
 }
 
 #[test]
+fn a_database_over_the_network_without_verify_full_warns() {
+    let base = "server_name: example.org\nsigning_key_path: k\nlisteners:\n  - port: 8448\n    resources: [{names: [federation]}]\ndatabase:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n";
+    let warnings = |args: &str| {
+        parse(&format!("{base}{args}"), Path::new("/etc/homeport/h.yaml"))
+            .unwrap()
+            .warnings()
+            .into_iter()
+            .filter(|w| w.starts_with("database.args.sslmode"))
+            .collect::<Vec<_>>()
+    };
+    let w = warnings("    host: db.internal\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("is prefer and the database at db.internal is not on this machine")
+            && w[0].contains("encrypted only if the server offers TLS")
+            && w[0].contains("set sslmode: verify-full"),
+        "{w:?}"
+    );
+    let w = warnings("    host: 10.0.0.5\n    sslmode: disable\n");
+    assert!(w[0].contains("not encrypted"), "{w:?}");
+    let w = warnings("    host: 10.0.0.5\n    sslmode: verify-ca\n    sslrootcert: ca.pem\n");
+    assert!(w[0].contains("name is not checked"), "{w:?}");
+    // On this machine, over a socket, or verified: nothing to say.
+    for quiet in [
+        "    host: localhost\n",
+        "    host: 127.0.0.1\n",
+        "    host: '::1'\n",
+        "    host: /var/run/postgresql\n",
+        "    host: db.internal\n    sslmode: verify-full\n    sslrootcert: system\n",
+    ] {
+        assert_eq!(warnings(quiet), Vec::<String>::new(), "{quiet}");
+    }
+}
+
+#[test]
 fn well_known_server_port_warns_about_the_host_header() {
     let c = ok(&with("well_known:\n  server: matrix.example.org:8448\n"));
     let w = c.warnings();
