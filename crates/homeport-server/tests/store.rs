@@ -786,3 +786,25 @@ async fn postgres_silent_database_fails_calls_instead_of_hanging() {
         }
     }
 }
+
+/// `host` a socket directory: no TLS whatever `sslmode` says (as libpq),
+/// and --check-config says it went over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_a_unix_socket() {
+    use homeport_server::config::SslMode;
+    let Some(pg) = start_pg() else { return };
+    pg.create_database("socket").unwrap();
+    let mut args = pg_args(&pg, "socket");
+    args.host = pg.socket_dir().display().to_string();
+    for mode in [None, Some(SslMode::Disable), Some(SslMode::Require)] {
+        args.sslmode = mode;
+        let s = PgStore::connect(&args)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        s.kv_put("n", "k", &json!(1), NEVER).await.unwrap();
+    }
+    let line = homeport_server::store::probe(&homeport_server::config::Database::Postgres(args))
+        .await
+        .unwrap();
+    assert!(line.contains(" reachable over the Unix socket ("), "{line}");
+}

@@ -222,12 +222,12 @@ impl MakeTlsConnect<Socket> for PgTls {
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, io::Error> {
-        let name = ServerName::try_from(domain.to_owned()).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{domain:?} is not a host name or address for TLS: {e}"),
-            )
-        })?;
+        // tokio-postgres asks for a connector on every connection, Unix
+        // sockets (domain "") and `sslmode: disable` included, and uses it
+        // only when TLS is negotiated: a name that cannot be a TLS name is
+        // an error only then.
+        let name = ServerName::try_from(domain.to_owned())
+            .map_err(|e| format!("{domain:?} is not a host name or address for TLS: {e}"));
         Ok(PgTlsConnect {
             config: self.config.clone(),
             name,
@@ -238,7 +238,7 @@ impl MakeTlsConnect<Socket> for PgTls {
 /// One connection's handshake.
 pub(super) struct PgTlsConnect {
     config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
+    name: Result<ServerName<'static>, String>,
 }
 
 impl TlsConnect<Socket> for PgTlsConnect {
@@ -248,8 +248,11 @@ impl TlsConnect<Socket> for PgTlsConnect {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
+            let name = self
+                .name
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+                .connect(name, stream)
                 .await?;
             let end_point = tls
                 .get_ref()
