@@ -624,7 +624,10 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
     // Channel binding required, and no TLS to bind to.
     let mut bound = with(None, None);
     bound.channel_binding = ChannelBinding::Require;
-    refused(bound, "channel binding").await;
+    refused(bound.clone(), "channel binding").await;
+    // Not "unreachable": serve does not start on it.
+    let e = PgStore::connect_serving(&bound).await.unwrap_err();
+    assert!(e.to_string().contains("channel binding"), "{e}");
     // ... and `serve` does not start on that either (waiting cannot fix it).
     let e = PgStore::connect_serving(&with(Some(SslMode::Require), None))
         .await
@@ -649,13 +652,12 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
         "UnknownIssuer",
     )
     .await;
-    // require with a root checks the chain, as verify-ca.
-    works(with(Some(SslMode::Require), Some(&ca_file))).await;
-    refused(
-        with(Some(SslMode::Require), Some(&other_ca_file)),
-        "UnknownIssuer",
-    )
-    .await;
+    // require, prefer (the default) and allow with a root check the chain,
+    // as verify-ca (and as libpq).
+    for mode in [Some(SslMode::Require), None, Some(SslMode::Allow)] {
+        works(with(mode, Some(&ca_file))).await;
+        refused(with(mode, Some(&other_ca_file)), "UnknownIssuer").await;
+    }
     let msg = refused(
         with(Some(SslMode::VerifyFull), Some(&ca_file)),
         "not valid for name",

@@ -3,7 +3,7 @@
 //! | `sslmode` | TLS | certificate |
 //! |---|---|---|
 //! | `disable` | never | - |
-//! | `allow`, `prefer` | when the server offers it | not checked |
+//! | `allow`, `prefer` | when the server offers it | checked as `verify-ca` when `sslrootcert` is given, else not |
 //! | `require` | always | checked as `verify-ca` when `sslrootcert` is given, else not |
 //! | `verify-ca` | always | chains to `sslrootcert` |
 //! | `verify-full` | always | chains to `sslrootcert` and names `host` |
@@ -86,7 +86,10 @@ pub(super) fn setup(
         _ if pg_mode == Pg::Disable => Check::KeyOnly,
         SslMode::VerifyFull => Check::Full(roots()?),
         SslMode::VerifyCa => Check::Chain(roots()?),
-        SslMode::Require if args.sslrootcert.is_some() => Check::Chain(roots()?),
+        // As libpq: a root given makes every TLS mode check the chain.
+        SslMode::Allow | SslMode::Prefer | SslMode::Require if args.sslrootcert.is_some() => {
+            Check::Chain(roots()?)
+        }
         _ => Check::KeyOnly,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

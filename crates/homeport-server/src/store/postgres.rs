@@ -39,6 +39,16 @@ const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 /// (a network partition, a frozen host: no answer, no error, no reset),
 /// which TCP alone would take many minutes to notice.
 const CALL_TIMEOUT: Duration = Duration::from_millis(STATEMENT_TIMEOUT_MS as u64 + 2_000);
+/// The same for calls of many statements (export, import, purge), each of
+/// which has the statement timeout of its own.
+const BULK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The same for a few statements that may wait on each other or on
+/// another instance (the purge, a migration under its lock).
+const SLOW_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sent data unacknowledged this long closes a connection (TCP_USER_TIMEOUT):
+/// later than [`CALL_TIMEOUT`], so a call that times out is reported as
+/// such rather than as a closed connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -99,6 +109,18 @@ fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// A connection refused on the settings rather than the network: TLS (see
+/// [`tls_refused`]), or tokio-postgres's own refusals (`channel_binding:
+/// require` without TLS to bind to, a server asking for a password there
+/// is none of), which carry no SQLSTATE.
+fn settings_refused(e: &tokio_postgres::Error) -> bool {
+    let s = e.to_string();
+    tls_refused(e)
+        || s.starts_with("authentication error")
+        || s.starts_with("invalid configuration")
+        || s.starts_with("invalid connection string")
+}
+
 /// A TLS handshake that failed on the settings rather than the network:
 /// the certificate was refused, or `require` met a server without TLS.
 /// Waiting does not fix that, so `serve` does not start on it.
@@ -114,8 +136,10 @@ fn tls_refused(e: &tokio_postgres::Error) -> bool {
             return true;
         }
         if let Some(io) = inner.downcast_ref::<std::io::Error>()
-            && let Some(r) = io.get_ref()
-            && r.downcast_ref::<rustls::Error>().is_some()
+            && (io.kind() == std::io::ErrorKind::InvalidInput
+                || io
+                    .get_ref()
+                    .is_some_and(|r| r.downcast_ref::<rustls::Error>().is_some()))
         {
             return true;
         }
@@ -187,7 +211,7 @@ fn pg_config(args: &PostgresArgs) -> Result<(tokio_postgres::Config, PgTls), Str
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3)
         // Sent data unacknowledged this long closes the connection.
-        .tcp_user_timeout(CALL_TIMEOUT)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
         // Which instance a session belongs to, in pg_stat_activity.
         .application_name(format!("homeport/{}", std::process::id()))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
@@ -283,12 +307,18 @@ impl PgStore {
             }
         }
         if let Some(first) = conns.first_mut() {
-            migrate(first).await.map_err(|f| match f {
-                Fail::Conn(m) => (true, open_err(m)),
-                Fail::Other(StoreError::Query(m)) => (false, open_err(m)),
-                Fail::Other(e) => (false, e),
-            })?;
-            self.migrated.store(true, Ordering::SeqCst);
+            match migrate_bounded(first).await {
+                Ok(()) => self.migrated.store(true, Ordering::SeqCst),
+                Err(Fail::Conn(m)) => {
+                    // Not back into the pool: they may be stuck.
+                    for c in conns {
+                        drop(Object::take(c));
+                    }
+                    return Err((true, open_err(m)));
+                }
+                Err(Fail::Other(StoreError::Query(m))) => return Err((false, open_err(m))),
+                Err(Fail::Other(e)) => return Err((false, e)),
+            }
         }
         Ok(())
     }
@@ -405,7 +435,7 @@ impl PgStore {
         if !self.migrated.load(Ordering::SeqCst) {
             // Started while the database was unreachable: its first
             // connection creates or migrates the schema.
-            match migrate(&mut c).await {
+            match migrate_bounded(&mut c).await {
                 Ok(()) => {
                     self.migrated.store(true, Ordering::SeqCst);
                     tracing::info!(database = %self.where_, "store: database reachable; schema ready");
@@ -426,29 +456,29 @@ impl PgStore {
 
     /// Run `f` on a connection; retried once on a fresh connection when the
     /// first one turns out closed.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, StoreError>
     where
         F: Fn(Object) -> Fut,
-        Fut: std::future::Future<Output = (Object, Result<T, Fail>)>,
+        Fut: std::future::Future<Output = (Option<Object>, Result<T, Fail>)>,
     {
-        let r = self.run_uncounted(f).await;
+        let r = self.run_uncounted(limit, f).await;
         self.count(r)
     }
 
-    async fn run_uncounted<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    async fn run_uncounted<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, StoreError>
     where
         F: Fn(Object) -> Fut,
-        Fut: std::future::Future<Output = (Object, Result<T, Fail>)>,
+        Fut: std::future::Future<Output = (Option<Object>, Result<T, Fail>)>,
     {
         let mut last = String::new();
         for _ in 0..2 {
             let c = self.conn().await?;
-            let Ok((c, r)) = tokio::time::timeout(CALL_TIMEOUT, f(c)).await else {
-                // The connection went back to the pool with the dropped
-                // call. A silent database leaves every connection stuck:
-                // drop the idle ones, mark it down, and do not wait again.
+            let Ok((c, r)) = tokio::time::timeout(limit, f(c)).await else {
+                // The call's connection was closed with it (`Lent`). A
+                // silent database leaves the idle ones stuck too: drop
+                // them, mark it down, and do not wait again.
                 self.pool.retain(|_, _| false);
-                last = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
+                last = format!("no answer within {}s", limit.as_secs());
                 break;
             };
             match r {
@@ -459,7 +489,9 @@ impl PgStore {
                 Err(Fail::Other(e)) => return Err(e),
                 Err(Fail::Conn(why)) => {
                     // This connection is done for; do not return it.
-                    drop(Object::take(c));
+                    if let Some(c) = c {
+                        drop(Object::take(c));
+                    }
                     last = why;
                 }
             }
@@ -473,7 +505,7 @@ impl PgStore {
 /// opposed to refusing us).
 fn pool_unreachable(e: &PoolError) -> bool {
     match e {
-        PoolError::Backend(pg) => is_connection_error(pg) && !tls_refused(pg),
+        PoolError::Backend(pg) => is_connection_error(pg) && !settings_refused(pg),
         PoolError::Timeout(_) => true,
         _ => false,
     }
@@ -484,6 +516,18 @@ fn pool_error(e: &PoolError) -> String {
         PoolError::Backend(pg) => describe(pg),
         other => other.to_string(),
     }
+}
+
+/// [`migrate`] within [`SLOW_TIMEOUT`].
+async fn migrate_bounded(c: &mut Object) -> Result<(), Fail> {
+    tokio::time::timeout(SLOW_TIMEOUT, migrate(c))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Fail::Conn(format!(
+                "no answer within {}s while migrating the schema",
+                SLOW_TIMEOUT.as_secs()
+            )))
+        })
 }
 
 async fn migrate(c: &mut Object) -> Result<(), Fail> {
@@ -593,13 +637,41 @@ async fn put_keys(tx: &deadpool_postgres::Transaction<'_>, keys: &StoredKeys) ->
 /// Run `$f(&mut conn, args...)` through [`PgStore::run`].
 macro_rules! call {
     ($store:expr, $f:ident($($arg:expr),*)) => {
+        call!($store, CALL_TIMEOUT, $f($($arg),*))
+    };
+    ($store:expr, $limit:expr, $f:ident($($arg:expr),*)) => {
         $store
-            .run(|mut c| async move {
-                let r = $f(&mut c, $($arg),*).await;
-                (c, r)
+            .run($limit, |c| async move {
+                let mut lent = Lent(Some(c));
+                let r = match lent.0.as_mut() {
+                    Some(c) => $f(c, $($arg),*).await,
+                    None => Err(Fail::Conn("no connection".to_owned())),
+                };
+                (lent.release(), r)
             })
             .await
     };
+}
+
+/// A pooled connection lent to one call. When the call's future is
+/// dropped before it finishes (it timed out), the connection is closed
+/// rather than put back in the pool, where the next caller would get a
+/// connection still waiting for an answer.
+struct Lent(Option<Object>);
+
+impl Lent {
+    /// The call finished: hand the connection back.
+    fn release(mut self) -> Option<Object> {
+        self.0.take()
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(Object::take(c));
+        }
+    }
 }
 
 async fn q_server_keys(c: &mut Object, server: &str) -> Result<Option<StoredKeys>, Fail> {
@@ -966,15 +1038,15 @@ impl Store for PgStore {
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
-        call!(self, q_purge(to_i64(now)))
+        call!(self, SLOW_TIMEOUT, q_purge(to_i64(now)))
     }
 
     async fn export(&self, now: u64) -> Result<Snapshot, StoreError> {
-        call!(self, q_export(to_i64(now)))
+        call!(self, BULK_TIMEOUT, q_export(to_i64(now)))
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<ImportCounts, StoreError> {
-        call!(self, q_import(snapshot))
+        call!(self, BULK_TIMEOUT, q_import(snapshot))
     }
 
     async fn version(&self) -> Result<i64, StoreError> {
