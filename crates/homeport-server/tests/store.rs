@@ -730,6 +730,23 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
     probe.sslrootcert = Some(other_ca_file);
     let e = PgStore::probe(&probe).await.unwrap_err();
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
+    // An RSASSA-PSS certificate (SHA-384 in its parameters): the server
+    // hashes it with SHA-384 for channel binding, and so must we.
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || {
+        pg2.enable_tls(
+            include_str!("data/rsa-pss-sha384.crt"),
+            include_str!("data/rsa-pss-sha384.key"),
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let mut pss = with(Some(SslMode::Require), None);
+    pss.channel_binding = ChannelBinding::Require;
+    works(pss).await;
 }
 
 /// A database that goes silent (a partition: connections stay open, no

@@ -269,25 +269,59 @@ impl TlsConnect<Socket> for PgTlsConnect {
 }
 
 /// RFC 5929 `tls-server-end-point`: the server certificate hashed with its
-/// signature's hash, SHA-256 for MD5 and SHA-1. `None` where that is not
-/// defined (Ed25519, RSA-PSS), as PostgreSQL's own server has it; SCRAM
-/// then runs without channel binding.
+/// signature's hash (the one in the parameters for RSASSA-PSS), SHA-256
+/// for MD5 and SHA-1, as PostgreSQL's server computes it
+/// (`X509_get_signature_info`). `None` where no hash is defined (Ed25519,
+/// an unknown algorithm); SCRAM then runs without channel binding, which
+/// `channel_binding: require` refuses.
 fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::signature_algorithm::SignatureAlgorithm;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let oid = cert.signature_algorithm.algorithm.to_id_string();
-    match oid.as_str() {
-        // md5WithRSA, sha1WithRSA, sha256WithRSA, ecdsa-with-SHA1/-SHA256
+    let alg = &cert.signature_algorithm;
+    let hash = match alg.algorithm.to_id_string().as_str() {
+        "1.2.840.113549.1.1.10" => match SignatureAlgorithm::try_from(alg).ok()? {
+            SignatureAlgorithm::RSASSA_PSS(p) => {
+                match p.hash_algorithm_oid().to_id_string().as_str() {
+                    "1.3.14.3.2.26" | "2.16.840.1.101.3.4.2.1" => Hash::Sha256,
+                    "2.16.840.1.101.3.4.2.4" => Hash::Sha224,
+                    "2.16.840.1.101.3.4.2.2" => Hash::Sha384,
+                    "2.16.840.1.101.3.4.2.3" => Hash::Sha512,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        },
+        // md5WithRSA, sha1WithRSA (both OIDs), sha256WithRSA,
+        // ecdsa-with-SHA1, ecdsa-with-SHA256, dsa-with-SHA1/-SHA256
         "1.2.840.113549.1.1.4"
         | "1.2.840.113549.1.1.5"
+        | "1.3.14.3.2.29"
         | "1.2.840.113549.1.1.11"
         | "1.2.840.10045.4.1"
-        | "1.2.840.10045.4.3.2" => Some(sha2::Sha256::digest(der).to_vec()),
+        | "1.2.840.10045.4.3.2"
+        | "1.2.840.10040.4.3"
+        | "2.16.840.1.101.3.4.3.2" => Hash::Sha256,
+        // sha224WithRSA, ecdsa-with-SHA224
+        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" => Hash::Sha224,
         // sha384WithRSA, ecdsa-with-SHA384
-        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Hash::Sha384,
         // sha512WithRSA, ecdsa-with-SHA512
-        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
-        _ => None,
-    }
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Hash::Sha512,
+        _ => return None,
+    };
+    Some(match hash {
+        Hash::Sha224 => sha2::Sha224::digest(der).to_vec(),
+        Hash::Sha256 => sha2::Sha256::digest(der).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(der).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+enum Hash {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
 }
 
 /// A TLS connection to PostgreSQL.
@@ -375,6 +409,15 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         assert_eq!(tls_server_end_point(ed.der()), None);
+
+        // RSASSA-PSS with SHA-384 in its parameters (made with
+        // `openssl req -x509 -sha384 -sigopt rsa_padding_mode:pss`).
+        let pem = include_str!("../../tests/data/rsa-pss-sha384.crt");
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(
+            tls_server_end_point(der.as_ref()).unwrap(),
+            sha2::Sha384::digest(der.as_ref()).to_vec()
+        );
         assert_eq!(tls_server_end_point(b"not a certificate"), None);
     }
 }
