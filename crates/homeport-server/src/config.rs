@@ -1420,6 +1420,21 @@ fn finish(mut cfg: Config, text: &str, source: &Path) -> Result<Config, ConfigEr
                 ),
             );
         }
+        if pg.channel_binding == ChannelBinding::Require
+            && (mode == SslMode::Disable || pg.is_socket())
+        {
+            return fail(
+                at("channel_binding"),
+                format!(
+                    "channel_binding: require needs TLS to bind to, and {}",
+                    if pg.is_socket() {
+                        "a Unix socket (host is a path) never uses TLS"
+                    } else {
+                        "sslmode is disable"
+                    }
+                ),
+            );
+        }
         match (&pg.sslcert, &pg.sslkey) {
             (Some(_), None) => {
                 return fail(

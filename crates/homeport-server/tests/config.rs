@@ -716,6 +716,13 @@ fn bad_configs_name_file_line_and_key() {
             "sslcert needs sslkey (its private key, PEM) (at h.yaml:15:5, key database.args.sslcert)",
         ),
         (
+            with(
+                "database:\n  name: psycopg2\n  args:\n    user: u\n    dbname: d\n    host: /run/postgresql\n    channel_binding: require\n",
+            ),
+            "channel_binding: require needs TLS to bind to, and a Unix socket (host is a path) \
+             never uses TLS (at h.yaml:16:5, key database.args.channel_binding)",
+        ),
+        (
             with("database:\n  args:\n    user: u\n    dbnam: d\n  name: psycopg2\n"),
             "unknown key `dbnam` (did you mean `dbname`?) (at h.yaml:13:5, key database.args.dbnam)",
         ),
