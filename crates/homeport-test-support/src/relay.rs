@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Forwards every connection on [`addr`](Self::addr) to a target, until
-/// [`freeze`](Self::freeze): from then on it accepts connections and
-/// reads what arrives but forwards nothing either way (held bytes go out
-/// after [`thaw`](Self::thaw)). Runs on the caller's tokio runtime;
+/// [`freeze`](Self::freeze): from then on it accepts connections but
+/// forwards nothing either way; what arrives waits in the kernel's buffers
+/// (which still acknowledge it, so TCP's own timeouts never fire), and
+/// goes out after [`thaw`](Self::thaw). Runs on the caller's tokio runtime;
 /// dropping it closes the listener and every relayed connection.
 #[derive(Debug)]
 pub struct Relay {

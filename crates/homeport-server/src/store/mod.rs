@@ -281,6 +281,9 @@ pub async fn probe(db: &Database) -> Result<String, StoreError> {
             let over = match tls {
                 _ if args.is_socket() => "over the Unix socket".to_owned(),
                 Some(version) => format!("over {version}, sslmode {mode}"),
+                None if args.ssl_mode() == crate::config::SslMode::Disable => {
+                    "without TLS (sslmode disable)".to_owned()
+                }
                 None => format!("without TLS, sslmode {mode}: the server offers none"),
             };
             Ok(if v == 0 {

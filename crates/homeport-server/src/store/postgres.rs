@@ -30,9 +30,11 @@ use super::{
 };
 use crate::config::{ChannelBinding, PostgresArgs};
 
-/// How long one connection attempt, one wait for a free connection and
-/// one statement may take.
+/// How long one TCP connect and one wait for a free connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole new connection may take: TCP connect (each address),
+/// TLS handshake and login.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 /// The most one call may wait for the database's answer: the server's own
 /// statement timeout plus a margin. Past it the database has gone silent
@@ -264,7 +266,7 @@ impl PgStore {
             .max_size(args.cp_max.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(OPEN_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Open {
@@ -336,13 +338,12 @@ impl PgStore {
         let (config, tls) = pg_config(args).map_err(err)?;
         // connect_timeout bounds the TCP connect only; the TLS handshake
         // and the login are bounded here.
-        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
+        let (client, conn) = tokio::time::timeout(OPEN_TIMEOUT, config.connect(tls))
             .await
             .map_err(|_| {
                 err(format!(
-                    "no answer within {}s (connected, but the server did not complete \
-                     the TLS handshake or the login)",
-                    CONNECT_TIMEOUT.as_secs()
+                    "no connection within {}s (TCP connect, TLS handshake and login)",
+                    OPEN_TIMEOUT.as_secs()
                 ))
             })?
             .map_err(|e| err(describe(&e)))?;
