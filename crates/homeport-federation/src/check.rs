@@ -144,6 +144,11 @@ pub struct HostProbe {
     pub alternative_json: bool,
     /// The answers differ.
     pub differs: bool,
+    /// Why there was no answer with the prescribed Host (on the first
+    /// connection and on a new one), or null.
+    pub prescribed_error: Option<String>,
+    /// Why there was no answer with the alternative, or null.
+    pub alternative_error: Option<String>,
 }
 
 /// TLS facts of one connection.
@@ -589,11 +594,7 @@ async fn exchange(
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| e.to_string())?;
     let fut = async {
-        let resp = match s {
-            Sender::H1(x) => x.send_request(req).await,
-            Sender::H2(x) => x.send_request(req).await,
-        }
-        .map_err(|e| e.to_string())?;
+        let resp = s.send(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = homeport_resolve::body::read_capped(resp.into_body(), &headers, 1024 * 1024)
@@ -630,13 +631,15 @@ impl Redial<'_> {
     /// `GET /_matrix/key/v2/server` with `Host: host` on `sender`, or, when
     /// that connection fails, once more on a new connection (which then
     /// replaces `sender`).
-    async fn keys_with_host(&self, sender: &mut Sender, host: &str) -> Option<Exchange> {
+    async fn keys_with_host(&self, sender: &mut Sender, host: &str) -> Result<Exchange, String> {
         let none = HeaderMap::new();
         let path = "/_matrix/key/v2/server";
-        if let Ok(x) = exchange(sender, Method::GET, path, host, &none, None).await {
-            return Some(x);
-        }
+        let first = match exchange(sender, Method::GET, path, host, &none, None).await {
+            Ok(x) => return Ok(x),
+            Err(e) => e,
+        };
         let cfg = self.client.config();
+        let again = |e: String| format!("{first}; on a new connection: {e}");
         let conn = connect::connect_addr(
             self.addr,
             self.target,
@@ -646,13 +649,22 @@ impl Redial<'_> {
             &cfg.connect,
         )
         .await
-        .ok()?;
-        let (mut fresh, _) = open(conn).await.ok()?;
+        .map_err(|a| again(format!("{}: {}", a.phase, a.error)))?;
+        let (mut fresh, _) = open(conn).await.map_err(|e| again(format!("http: {e}")))?;
         let r = exchange(&mut fresh, Method::GET, path, host, &none, None)
             .await
-            .ok();
+            .map_err(again);
         *sender = fresh;
         r
+    }
+}
+
+/// One Host probe answer for the human report: the status, or why none.
+fn answer_text(status: Option<u16>, error: Option<&str>) -> String {
+    match (status, error) {
+        (Some(x), _) => x.to_string(),
+        (None, Some(e)) => format!("no answer ({e})"),
+        (None, None) => "no answer".to_owned(),
     }
 }
 
@@ -810,10 +822,10 @@ async fn probe_address(
     };
     let prescribed = again.keys_with_host(&mut sender, &host).await;
     let alt = again.keys_with_host(&mut sender, &alternative).await;
-    let ps = prescribed.as_ref().map(|x| x.status.as_u16());
-    let als = alt.as_ref().map(|x| x.status.as_u16());
-    let pj = prescribed.as_ref().is_some_and(is_json);
-    let aj = alt.as_ref().is_some_and(is_json);
+    let ps = prescribed.as_ref().ok().map(|x| x.status.as_u16());
+    let als = alt.as_ref().ok().map(|x| x.status.as_u16());
+    let pj = prescribed.as_ref().is_ok_and(is_json);
+    let aj = alt.as_ref().is_ok_and(is_json);
     rep.host_probe = Some(HostProbe {
         prescribed: host,
         alternative,
@@ -822,6 +834,8 @@ async fn probe_address(
         prescribed_json: pj,
         alternative_json: aj,
         differs: ps != als || pj != aj,
+        prescribed_error: prescribed.err(),
+        alternative_error: alt.err(),
     });
     rep
 }
@@ -1501,11 +1515,9 @@ pub fn render_human(r: &Report, colour: bool) -> String {
             s.push_str(&format!(
                 "  Host probe: {} -> {}, {} -> {}{}\n",
                 h.prescribed,
-                h.prescribed_status
-                    .map_or("no answer".to_owned(), |x| x.to_string()),
+                answer_text(h.prescribed_status, h.prescribed_error.as_deref()),
                 h.alternative,
-                h.alternative_status
-                    .map_or("no answer".to_owned(), |x| x.to_string()),
+                answer_text(h.alternative_status, h.alternative_error.as_deref()),
                 if h.differs {
                     " (different answers)"
                 } else {

@@ -166,6 +166,29 @@ pub(crate) enum Sender {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+impl Sender {
+    /// Sends `req` once the connection can take it. An HTTP/1 connection is
+    /// ready for its next request only after its connection task has
+    /// finished the previous response, which can be a moment after the
+    /// caller has read that response's body; hyper refuses a request sent
+    /// before then ("connection was not ready") without sending it.
+    pub(crate) async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
 /// The HTTP handshake on an established TLS connection; the connection
 /// task runs in the background.
 pub(crate) async fn http_handshake(
@@ -392,10 +415,7 @@ impl FederationClient {
             };
             let req = build_request(&sender, &method, path, &host_sent, &headers, body.clone())
                 .map_err(FederationError::InvalidRequest)?;
-            let sent = match &mut sender {
-                Sender::H1(s) => s.send_request(req).await,
-                Sender::H2(s) => s.send_request(req).await,
-            };
+            let sent = sender.send(req).await;
             let resp = match sent {
                 Ok(r) => r,
                 Err(e)

@@ -650,21 +650,30 @@ fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
             .iter()
             .map(|f| f["id"].as_str().unwrap().to_owned())
             .collect();
-        (ids, dropped.load(Ordering::SeqCst), server)
+        let host_probe = v["addresses"][0]["host_probe"].to_string();
+        (ids, dropped.load(Ordering::SeqCst), server, host_probe)
     };
-    let (ids, dropped, _s) = probe("dropsonce.lab", 1);
-    assert_eq!(dropped, 1, "the first Host-with-port request was dropped");
+    let (ids, dropped, _s, hp) = probe("dropsonce.lab", 1);
+    assert_eq!(
+        dropped, 1,
+        "the first Host-with-port request was dropped: {hp}"
+    );
     assert!(
         !ids.iter().any(|i| i == "host_port_rejected_by_proxy"),
-        "{ids:?}"
+        "{ids:?} {hp}"
     );
-    let (ids, dropped, _s) = probe("dropsalways.lab", usize::MAX);
-    assert!(
-        dropped >= 2,
-        "dropped on the first and the new connection: {dropped}"
+    let (ids, dropped, _s, hp) = probe("dropsalways.lab", usize::MAX);
+    assert_eq!(
+        dropped, 2,
+        "dropped on the first and the new connection, asked no more: {hp}"
     );
     assert!(
         ids.iter().any(|i| i == "host_port_rejected_by_proxy"),
-        "{ids:?}"
+        "{ids:?} {hp}"
     );
+    // The report says why there was no answer, on both connections.
+    let hp: serde_json::Value = serde_json::from_str(&hp).unwrap();
+    let why = hp["alternative_error"].as_str().unwrap_or_default();
+    assert!(why.contains("; on a new connection: "), "{hp}");
+    assert!(hp["prescribed_error"].is_null(), "{hp}");
 }
