@@ -177,6 +177,23 @@ pub enum SignatureStatus {
     UnsupportedAlgorithm,
 }
 
+impl SignatureStatus {
+    /// The status as one snake_case word (`valid`, `missing`, `invalid`,
+    /// `malformed`, `bad_key`, `unsupported_algorithm`), without the reason:
+    /// the checker reports the reason of `malformed` and `bad_key` as a
+    /// [`KeyProblem`] too.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SignatureStatus::Valid => "valid",
+            SignatureStatus::Missing => "missing",
+            SignatureStatus::Invalid => "invalid",
+            SignatureStatus::Malformed(_) => "malformed",
+            SignatureStatus::BadKey(_) => "bad_key",
+            SignatureStatus::UnsupportedAlgorithm => "unsupported_algorithm",
+        }
+    }
+}
+
 /// One entry of `verify_keys` and what was found about it.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyKeyCheck {
@@ -658,6 +675,46 @@ mod tests {
             matches!(&p[0], KeyProblem::SignatureMalformed { .. }),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn status_words_are_snake_case_and_reasons_are_problems() {
+        let status = |doc: &Value| {
+            check_server_keys(doc, &domain(), 0)
+                .verify_keys
+                .iter()
+                .map(|v| v.signature.as_str())
+                .collect::<Vec<_>>()
+        };
+        let doc: Value = serde_json::from_str(SPEC_DOC).unwrap();
+        assert_eq!(status(&doc), ["valid"]);
+        let mut bad_sig = doc.clone();
+        bad_sig["signatures"]["domain"]["ed25519:1"] = "@@@".into();
+        assert_eq!(status(&bad_sig), ["malformed"]);
+        let mut bad_key = doc.clone();
+        bad_key["verify_keys"]["ed25519:1"]["key"] = "not*base64".into();
+        assert_eq!(status(&bad_key), ["bad_key"]);
+        for d in [&bad_sig, &bad_key] {
+            let r = check_server_keys(d, &domain(), 0);
+            assert!(
+                r.problems.iter().any(|p| matches!(
+                    p,
+                    KeyProblem::SignatureMalformed { .. } | KeyProblem::BadVerifyKey { .. }
+                )),
+                "the reason is a problem: {:?}",
+                r.problems
+            );
+        }
+        // A key added after signing: the document no longer verifies.
+        let mut other_alg = doc.clone();
+        other_alg["verify_keys"]["curve25519:1"] = serde_json::json!({"key": "x"});
+        assert_eq!(status(&other_alg), ["unsupported_algorithm", "invalid"]);
+        let mut unsigned = doc;
+        unsigned["signatures"]["domain"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ed25519:1");
+        assert_eq!(status(&unsigned), ["missing"]);
     }
 
     #[test]

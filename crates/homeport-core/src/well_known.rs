@@ -1,4 +1,5 @@
-//! `/.well-known/matrix/server` and `/.well-known/matrix/client` documents.
+//! `/.well-known/matrix/server`, `/.well-known/matrix/client` and
+//! `/.well-known/matrix/support` documents.
 //!
 //! ```
 //! use homeport_core::well_known::ServerWellKnown;
@@ -56,6 +57,49 @@ pub enum WellKnownError {
     /// `m.homeserver.base_url` is not an http(s) URL.
     #[error("\"m.homeserver\".\"base_url\" {0:?} is not an http:// or https:// URL")]
     BadBaseUrl(String),
+    /// A support document with neither a non-empty `contacts` list nor a
+    /// `support_page`.
+    #[error(
+        "the document has neither a non-empty \"contacts\" list nor a \"support_page\" (one of them is required)"
+    )]
+    NoSupportInfo,
+    /// One entry of a support document's `contacts` is not usable.
+    #[error("contacts[{index}] {problem}")]
+    BadContact {
+        /// Its position in the list (0-based).
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        problem: ContactProblem,
+    },
+}
+
+/// What is wrong with one contact of `/.well-known/matrix/support`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContactProblem {
+    /// Not a JSON object.
+    #[error("is {0}, not an object")]
+    NotObject(&'static str),
+    /// `role` is absent.
+    #[error("has no \"role\" (it is required)")]
+    MissingRole,
+    /// Neither `matrix_id` nor `email_address`.
+    #[error("has neither \"matrix_id\" nor \"email_address\" (one of them is required)")]
+    NoAddress,
+    /// A field has the wrong type.
+    #[error("has {key:?} as {kind}, not {expected}")]
+    WrongType {
+        /// The field.
+        key: &'static str,
+        /// What it is.
+        kind: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// `matrix_id` is not a user ID.
+    #[error("has \"matrix_id\" {0:?}, which is not a Matrix user ID (@localpart:server)")]
+    NotUserId(String),
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, WellKnownError> {
@@ -169,6 +213,114 @@ impl ClientWellKnown {
     }
 }
 
+/// One contact of `/.well-known/matrix/support`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupportContact {
+    /// `matrix_id`.
+    pub matrix_id: Option<String>,
+    /// `email_address`.
+    pub email_address: Option<String>,
+    /// `role`: `m.role.admin`, `m.role.security` or a namespaced identifier.
+    pub role: String,
+}
+
+/// A valid `/.well-known/matrix/support` document (Client-Server API
+/// v1.10, MSC1929): at least one of a non-empty `contacts` list and
+/// `support_page`; every contact has a `role` and a `matrix_id` or an
+/// `email_address`.
+///
+/// ```
+/// use homeport_core::well_known::SupportWellKnown;
+/// let s = SupportWellKnown::parse(
+///     br#"{"contacts": [{"email_address": "admin@example.org", "role": "m.role.admin"}]}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(s.contacts[0].role, "m.role.admin");
+/// assert!(SupportWellKnown::parse(br#"{"contacts": [{"matrix_id": "@a:example.org"}]}"#).is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupportWellKnown {
+    /// `contacts`, in order.
+    pub contacts: Vec<SupportContact>,
+    /// `support_page`.
+    pub support_page: Option<String>,
+}
+
+impl SupportWellKnown {
+    /// Parse the body against the spec's schema.
+    pub fn parse(body: &[u8]) -> Result<Self, WellKnownError> {
+        let m = parse_object(body)?;
+        let support_page = match m.get("support_page") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(WellKnownError::WrongType {
+                    key: "support_page",
+                    kind: json_kind(other),
+                    expected: "a string",
+                });
+            }
+        };
+        let listed = match m.get("contacts") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                return Err(WellKnownError::WrongType {
+                    key: "contacts",
+                    kind: json_kind(other),
+                    expected: "an array",
+                });
+            }
+        };
+        let mut contacts = Vec::with_capacity(listed.len());
+        for (index, c) in listed.iter().enumerate() {
+            contacts
+                .push(contact(c).map_err(|problem| WellKnownError::BadContact { index, problem })?);
+        }
+        if contacts.is_empty() && support_page.is_none() {
+            return Err(WellKnownError::NoSupportInfo);
+        }
+        Ok(SupportWellKnown {
+            contacts,
+            support_page,
+        })
+    }
+}
+
+fn contact(c: &Value) -> Result<SupportContact, ContactProblem> {
+    let Value::Object(o) = c else {
+        return Err(ContactProblem::NotObject(json_kind(c)));
+    };
+    let text = |key: &'static str| match o.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ContactProblem::WrongType {
+            key,
+            kind: json_kind(other),
+            expected: "a string",
+        }),
+    };
+    let role = text("role")?.ok_or(ContactProblem::MissingRole)?;
+    let matrix_id = text("matrix_id")?;
+    let email_address = text("email_address")?;
+    if let Some(id) = &matrix_id
+        && !id.strip_prefix('@').is_some_and(|rest| {
+            rest.split_once(':')
+                .is_some_and(|(l, s)| !l.is_empty() && !s.is_empty())
+        })
+    {
+        return Err(ContactProblem::NotUserId(id.clone()));
+    }
+    if matrix_id.is_none() && email_address.is_none() {
+        return Err(ContactProblem::NoAddress);
+    }
+    Ok(SupportContact {
+        matrix_id,
+        email_address,
+        role,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +393,65 @@ mod tests {
             ClientWellKnown::parse(br#"{"m.homeserver":"x"}"#),
             Err(WellKnownError::WrongType { .. })
         ));
+    }
+
+    #[test]
+    fn support_documents() {
+        let ok = [
+            r#"{"contacts":[{"matrix_id":"@admin:example.org","email_address":"admin@example.org","role":"m.role.admin"},{"email_address":"security@example.org","role":"m.role.security"}],"support_page":"https://example.org/support.html"}"#,
+            r#"{"support_page":"https://example.org/help"}"#,
+            r#"{"contacts":[],"support_page":"https://example.org/help"}"#,
+            r#"{"contacts":[{"matrix_id":"@ops:elsewhere.net","role":"org.example.oncall"}]}"#,
+        ];
+        for body in ok {
+            assert!(SupportWellKnown::parse(body.as_bytes()).is_ok(), "{body}");
+        }
+        let s = SupportWellKnown::parse(ok[0].as_bytes()).unwrap();
+        assert_eq!(s.contacts.len(), 2);
+        assert_eq!(s.contacts[1].matrix_id, None);
+        assert_eq!(
+            s.support_page.as_deref(),
+            Some("https://example.org/support.html")
+        );
+        let bad: [(&str, &str); 10] = [
+            (
+                "{}",
+                "neither a non-empty \"contacts\" list nor a \"support_page\"",
+            ),
+            (r#"{"contacts":[]}"#, "neither a non-empty"),
+            (
+                r#"{"contacts":{"role":"m.role.admin"}}"#,
+                "\"contacts\" is an object, not an array",
+            ),
+            (
+                r#"{"support_page":42}"#,
+                "\"support_page\" is a number, not a string",
+            ),
+            (
+                r#"{"contacts":[{"matrix_id":"@a:example.org"}]}"#,
+                "contacts[0] has no \"role\"",
+            ),
+            (
+                r#"{"contacts":[{"role":"m.role.admin"}]}"#,
+                "contacts[0] has neither \"matrix_id\" nor \"email_address\"",
+            ),
+            (
+                r#"{"contacts":[{"role":"m.role.admin","email_address":"a@b"},{"role":7,"email_address":"x@y"}]}"#,
+                "contacts[1] has \"role\" as a number, not a string",
+            ),
+            (
+                r#"{"contacts":[{"role":"m.role.admin","matrix_id":"admin"}]}"#,
+                "not a Matrix user ID",
+            ),
+            (
+                r#"{"contacts":["admin@example.org"]}"#,
+                "contacts[0] is a string, not an object",
+            ),
+            ("[]", "not a JSON object"),
+        ];
+        for (body, want) in bad {
+            let e = SupportWellKnown::parse(body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
     }
 }
