@@ -333,6 +333,18 @@ impl Resolver {
     /// Resolve without consulting the resolution cache (component caches
     /// still apply). Returns the resolution and how long it stays valid.
     pub async fn resolve_uncached(&self, name: &ServerName) -> (Resolution, Duration) {
+        self.resolve_uncached_within(name, self.inner.timeout).await
+    }
+
+    /// As [`Resolver::resolve_uncached`], bounded by `limit` when that is
+    /// shorter than the configured bound: a caller with its own deadline
+    /// (the check) gets the resolution as far as it went, with its trace,
+    /// and [`ResolveError::Timeout`].
+    pub async fn resolve_uncached_within(
+        &self,
+        name: &ServerName,
+        limit: Duration,
+    ) -> (Resolution, Duration) {
         let mut p = Progress {
             step: Step::IpLiteral,
             well_known: None,
@@ -340,7 +352,7 @@ impl Resolver {
             trace: Vec::new(),
             valid_for: Duration::MAX,
         };
-        let timeout = self.inner.timeout;
+        let timeout = self.inner.timeout.min(limit);
         let result = {
             let fut = self.run_steps(name, &mut p);
             tokio::time::timeout(timeout, fut).await
