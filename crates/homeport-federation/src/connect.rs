@@ -77,6 +77,28 @@ pub struct Attempt {
     pub phase: &'static str,
     /// What happened.
     pub error: String,
+    /// The connect failed on this machine before anything was sent: it has
+    /// no route for the address's family (see [`connect_error_is_no_route`]).
+    pub no_route: bool,
+}
+
+/// An `EHOSTUNREACH` this quick came from this machine's routing table, not
+/// from a neighbour or router that was tried.
+const LOCAL_UNREACHABLE: Duration = Duration::from_millis(5);
+
+/// True when a failed TCP connect never left this machine because it has
+/// no route for the address (`ENETUNREACH`; `EADDRNOTAVAIL`, no source
+/// address of that family; an `EHOSTUNREACH` returned at once rather than
+/// after neighbour discovery or an ICMP answer). `elapsed` is how long the
+/// connect took. Such an address was not tested: it says nothing about the
+/// server.
+pub fn connect_error_is_no_route(e: &std::io::Error, elapsed: Duration) -> bool {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NetworkUnreachable | K::AddrNotAvailable => true,
+        K::HostUnreachable => elapsed < LOCAL_UNREACHABLE,
+        _ => false,
+    }
 }
 
 impl std::fmt::Display for Attempt {
@@ -118,6 +140,7 @@ pub async fn connect_destination(
                     addr: a,
                     phase: "filter",
                     error: format!("{} is in the denied range {range}", a.ip()),
+                    no_route: false,
                 }),
             }
         }
@@ -156,6 +179,7 @@ pub async fn connect_addr(
             addr,
             phase: "filter",
             error: format!("{} is in the denied range {range}", addr.ip()),
+            no_route: false,
         });
     }
     let start = Instant::now();
@@ -165,6 +189,7 @@ pub async fn connect_addr(
             return Err(Attempt {
                 addr,
                 phase: "connect",
+                no_route: connect_error_is_no_route(&e, start.elapsed()),
                 error: e.to_string(),
             });
         }
@@ -173,6 +198,7 @@ pub async fn connect_addr(
                 addr,
                 phase: "connect",
                 error: format!("no answer within {:?}", opts.connect_timeout),
+                no_route: false,
             });
         }
     };
@@ -203,9 +229,13 @@ async fn happy_eyeballs(
     let start = Instant::now();
     let timeout = opts.connect_timeout;
     let dial = move |addr: SocketAddr| async move {
+        let began = Instant::now();
         let r = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(r) => r.map_err(|e| {
+                let no_route = connect_error_is_no_route(&e, began.elapsed());
+                (e.to_string(), no_route)
+            }),
+            Err(_) => Err((format!("no answer within {timeout:?}"), false)),
         };
         (addr, r)
     };
@@ -227,7 +257,7 @@ async fn happy_eyeballs(
                     let _ = s.set_nodelay(true);
                     return Ok((s, addr, start.elapsed()));
                 }
-                Err(e) => errors.push(Attempt { addr, phase: "connect", error: e }),
+                Err((error, no_route)) => errors.push(Attempt { addr, phase: "connect", error, no_route }),
             },
             () = tokio::time::sleep(opts.stagger), if more => {
                 pending.push(dial(addrs[next]));
@@ -250,6 +280,7 @@ async fn handshake(
         addr,
         phase: "tls",
         error,
+        no_route: false,
     };
     let (cfg, seen): (Arc<rustls::ClientConfig>, Arc<Mutex<CertCapture>>) =
         tls::client_config(policy, tls_name, enforce).map_err(|e| fail(e.to_string()))?;
@@ -304,6 +335,58 @@ async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_route_errors_are_told_apart_from_failures_of_the_server() {
+        use std::io::{Error, ErrorKind as K};
+        let quick = Duration::ZERO;
+        let after_trying = Duration::from_secs(3);
+        // This machine has no route, or no address of the family: nothing
+        // was sent.
+        assert!(connect_error_is_no_route(
+            &Error::from(K::NetworkUnreachable),
+            after_trying
+        ));
+        assert!(connect_error_is_no_route(
+            &Error::from(K::AddrNotAvailable),
+            quick
+        ));
+        assert!(connect_error_is_no_route(
+            &Error::from(K::HostUnreachable),
+            quick
+        ));
+        // EHOSTUNREACH after neighbour discovery or from a router: tried.
+        assert!(!connect_error_is_no_route(
+            &Error::from(K::HostUnreachable),
+            after_trying
+        ));
+        // The server's side: refused, reset, timed out.
+        for k in [
+            K::ConnectionRefused,
+            K::ConnectionReset,
+            K::TimedOut,
+            K::Other,
+        ] {
+            assert!(!connect_error_is_no_route(&Error::from(k), quick), "{k:?}");
+        }
+        // What the OS returns, by number (Linux: ENETUNREACH 101,
+        // EADDRNOTAVAIL 99, ECONNREFUSED 111).
+        #[cfg(target_os = "linux")]
+        {
+            assert!(connect_error_is_no_route(
+                &Error::from_raw_os_error(101),
+                quick
+            ));
+            assert!(connect_error_is_no_route(
+                &Error::from_raw_os_error(99),
+                quick
+            ));
+            assert!(!connect_error_is_no_route(
+                &Error::from_raw_os_error(111),
+                quick
+            ));
+        }
+    }
 
     #[test]
     fn interleaves_families_keeping_order() {

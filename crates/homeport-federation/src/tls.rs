@@ -94,6 +94,45 @@ pub struct CertCapture {
     pub chain: Vec<CertificateDer<'static>>,
     /// The verification verdict against the TLS name (None: not checked).
     pub verdict: Option<Result<(), String>>,
+    /// When the verdict is a failure: which kind, for reports.
+    pub problem: Option<CertProblem>,
+}
+
+/// What kind of certificate failure a verdict is, for the check's findings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertProblem {
+    /// Not valid for the name checked.
+    NotValidForName,
+    /// A certificate of the chain is past its notAfter.
+    Expired,
+    /// A certificate of the chain is before its notBefore.
+    NotValidYet,
+    /// The chain does not lead to a trusted root.
+    UnknownIssuer,
+    /// A signature in the chain does not verify.
+    BadSignature,
+    /// Revoked.
+    Revoked,
+    /// Anything else.
+    Other,
+}
+
+/// The kind of `e` (a verifier error).
+pub fn cert_problem(e: &rustls::Error) -> CertProblem {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::NotValidForName,
+            C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
+            C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotValidYet,
+            C::UnknownIssuer => CertProblem::UnknownIssuer,
+            C::BadSignature => CertProblem::BadSignature,
+            C::Revoked => CertProblem::Revoked,
+            _ => CertProblem::Other,
+        },
+        _ => CertProblem::Other,
+    }
 }
 
 /// A verifier that runs WebPKI verification and records the chain and the
@@ -156,6 +195,10 @@ impl ServerCertVerifier for RecordingVerifier {
             s.verdict = result
                 .as_ref()
                 .map(|r| r.clone().map_err(|e| describe_cert_error(&e)));
+            s.problem = match &result {
+                Some(Err(e)) => Some(cert_problem(e)),
+                _ => None,
+            };
         }
         match result {
             Some(Err(e)) if self.enforce => Err(e),
@@ -202,7 +245,12 @@ pub fn describe_cert_error(e: &rustls::Error) -> String {
                 not_after.as_secs(),
                 time.as_secs()
             ),
-            C::NotValidYet | C::NotValidYetContext { .. } => "the certificate is not valid yet".into(),
+            C::NotValidYet => "the certificate is not valid yet".into(),
+            C::NotValidYetContext { time, not_before } => format!(
+                "the certificate is not valid yet (not before {}, now {})",
+                not_before.as_secs(),
+                time.as_secs()
+            ),
             C::UnknownIssuer => "the certificate is not signed by a trusted authority (unknown issuer: self-signed, a private CA, or a missing intermediate)".into(),
             C::BadSignature => "the certificate's signature is invalid".into(),
             C::Revoked => "the certificate is revoked".into(),
