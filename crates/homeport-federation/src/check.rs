@@ -5,7 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use homeport_core::keys;
@@ -21,6 +22,7 @@ use sha2::Digest as _;
 use crate::client::{FederationClient, Sender, Signer, http_handshake};
 use crate::connect::{self, ConnInfo};
 use crate::keys::{KeyFetcher, MemoryKeyStore, now_ms};
+use crate::tls::CertProblem;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -66,6 +68,8 @@ pub struct CertSummary {
     pub dns_names: Vec<String>,
     /// IP SANs.
     pub ip_addresses: Vec<String>,
+    /// notBefore (unix seconds).
+    pub not_before: i64,
     /// notAfter (unix seconds).
     pub not_after: i64,
     /// Days left (negative when expired).
@@ -88,6 +92,9 @@ pub struct CertificateReport {
     /// When invalid for the TLS name: another name it is valid for (the SRV
     /// target, typically).
     pub valid_for: Option<String>,
+    /// The kind of failure, when not valid.
+    #[serde(skip)]
+    pub problem: Option<CertProblem>,
 }
 
 /// The key server as seen on one address.
@@ -112,6 +119,10 @@ pub struct KeysReport {
     /// The raw document.
     #[serde(skip)]
     pub raw: Option<Value>,
+    /// Where the body first differs from its canonical JSON, when it does
+    /// (the evidence of `key_not_canonical`).
+    #[serde(skip)]
+    pub canonical_diff: Option<String>,
     /// An error before the document could be read.
     pub error: Option<String>,
 }
@@ -189,6 +200,13 @@ pub struct AddressReport {
     pub host_probe: Option<HostProbe>,
     /// Connect or TLS failure.
     pub error: Option<String>,
+    /// The connect failed because this machine has no route for the
+    /// address: it was not tested.
+    #[serde(skip)]
+    pub no_route: bool,
+    /// The check's time ran out before this address was probed fully.
+    #[serde(skip)]
+    pub unfinished: bool,
 }
 
 /// `.well-known/matrix/server` as one address of the server name serves it.
@@ -202,6 +220,9 @@ pub struct WellKnownAddr {
     pub m_server: Option<String>,
     /// Error.
     pub error: Option<String>,
+    /// Not tested: this machine has no route for the address.
+    #[serde(skip)]
+    pub no_route: bool,
 }
 
 /// The check of one server name.
@@ -219,8 +240,12 @@ pub struct Report {
     pub well_known_by_addr: Vec<WellKnownAddr>,
     /// Client .well-known summary.
     pub client_well_known: Option<Value>,
+    /// Support .well-known summary.
+    pub support_well_known: Option<Value>,
     /// Findings.
     pub findings: Vec<Finding>,
+    /// What the check's time limit cut short (empty when it finished).
+    pub pending: Vec<String>,
     /// Time taken.
     pub duration: Duration,
 }
@@ -232,6 +257,16 @@ pub struct CheckOptions {
     pub signer: Option<Signer>,
     /// Cross-check keys with this notary.
     pub notary: Option<ServerName>,
+    /// A closed federation on a private network: addresses in private and
+    /// special-purpose ranges are intended, so `address_not_public` is not
+    /// reported (`homeport check --private`; the lab). Addresses the
+    /// client's address filter allows explicitly (`ip_range_whitelist`) are
+    /// never reported either.
+    pub private: bool,
+    /// Bound on the whole check. When it runs out, the report holds what was
+    /// learnt until then, the finding `check_timed_out` and the phases still
+    /// `pending`. `None`: no overall bound (every network step keeps its own).
+    pub time_limit: Option<Duration>,
 }
 
 /// Within one severity, root causes come before their consequences (a key
@@ -276,42 +311,311 @@ const S_DISCOVERY: &str = "Server-Server API, Resolving server names";
 const S_TLS: &str = "Server-Server API, TLS (MSC1711): the certificate must be valid for the server name, or the delegated name";
 const S_KEYS: &str = "Server-Server API, Publishing Keys";
 
+/// How long one SRV lookup made only for a finding may take.
+const SRV_LOOKUP_BOUND: Duration = Duration::from_secs(5);
+/// How long `GET <base_url>/_matrix/client/versions` may take in all.
+const BASE_URL_BOUND: Duration = Duration::from_secs(15);
+/// The most lifetime a `.well-known` response may ask for before peers cap
+/// it (48 hours), and the least before `wellknown_cache_short` (1 hour).
+const WK_CACHE_MAX_SECS: u64 = 48 * 3600;
+const WK_CACHE_SHORT_SECS: u64 = 3600;
+/// A certificate with fewer days left than this is about to expire.
+const CERT_SOON_DAYS: i64 = 14;
+
+/// One address being probed: its report so far and the step under way
+/// (`None` once finished).
+struct AddrSlot {
+    report: AddressReport,
+    step: Option<&'static str>,
+}
+
+/// What the check has learnt so far. Every phase writes its result here as
+/// it finishes, so that a check cut short by its time limit still reports
+/// what it learnt.
+#[derive(Default)]
+struct Partial {
+    srv_lookups: Option<Vec<Finding>>,
+    addresses: Vec<AddrSlot>,
+    well_known: Option<(Vec<WellKnownAddr>, Vec<Finding>)>,
+    /// The client document (once fetched), and whether the `base_url`
+    /// check after it finished too.
+    client: Option<(Option<Value>, Vec<Finding>, bool)>,
+    support: Option<(Option<Value>, Vec<Finding>)>,
+    auth: Option<Vec<Finding>>,
+    notary: Option<Vec<Finding>>,
+}
+
+fn lock(m: &Mutex<Partial>) -> std::sync::MutexGuard<'_, Partial> {
+    // Every writer leaves the state whole, so a poisoned lock is still
+    // usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where `probe_address` records its progress.
+#[derive(Clone, Copy)]
+struct Slot<'a> {
+    state: &'a Mutex<Partial>,
+    index: usize,
+}
+
+impl Slot<'_> {
+    fn save(&self, rep: &AddressReport, next: Option<&'static str>) {
+        if let Some(s) = lock(self.state).addresses.get_mut(self.index) {
+            s.report = rep.clone();
+            s.step = next;
+        }
+    }
+}
+
+fn blank_address(addr: SocketAddr, target: &str) -> AddressReport {
+    AddressReport {
+        addr,
+        family: if addr.is_ipv6() { "ipv6" } else { "ipv4" },
+        target: target.to_owned(),
+        connect_ms: None,
+        tls: None,
+        certificate: None,
+        keys: None,
+        version: None,
+        host_probe: None,
+        error: None,
+        no_route: false,
+        unfinished: false,
+    }
+}
+
 /// Run the check.
 pub async fn check(client: &FederationClient, name: &ServerName, opts: &CheckOptions) -> Report {
     let start = Instant::now();
-    let (resolution, _) = client.resolver().resolve_uncached(name).await;
+    let deadline = opts
+        .time_limit
+        .and_then(|l| tokio::time::Instant::now().checked_add(l));
+    let limit = opts.time_limit.unwrap_or(Duration::MAX);
+    let (resolution, _) = client.resolver().resolve_uncached_within(name, limit).await;
+    // The resolution gave up because the check's own time ran out (rather
+    // than at the resolver's bound): nothing after it can run.
+    let cut_in_resolution = matches!(
+        resolution.outcome,
+        Err(homeport_resolve::ResolveError::Timeout(_))
+    ) && deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
     let resolution = Arc::new(resolution);
-    let mut findings = Vec::new();
-    discovery_findings(client, &resolution, &mut findings).await;
-
-    let mut addresses = Vec::new();
+    let mut partial = Partial::default();
     if let Ok(dest) = &resolution.outcome {
-        let mut probes = Vec::new();
         for t in &dest.targets {
             for addr in t.socket_addrs() {
-                probes.push(probe_address(client, dest, name, t.host.clone(), addr));
+                partial.addresses.push(AddrSlot {
+                    report: blank_address(addr, &t.host),
+                    step: Some("connect"),
+                });
             }
         }
-        addresses = futures_util::future::join_all(probes).await;
-        address_findings(dest, &addresses, &mut findings);
     }
-    let (well_known_by_addr, client_well_known) = if name.is_ip_literal() || name.port().is_some() {
-        (Vec::new(), None)
+    let state = Mutex::new(partial);
+    let timed_out = if cut_in_resolution {
+        true
     } else {
-        let (mut f1, mut f2) = (Vec::new(), Vec::new());
-        let r = tokio::join!(
-            well_known_everywhere(client, name, &mut f1),
-            client_well_known(client, name, &mut f2)
-        );
-        findings.append(&mut f1);
-        findings.append(&mut f2);
-        r
+        let work = run(client, name, opts, &resolution, &state);
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, work).await.is_err(),
+            None => {
+                work.await;
+                false
+            }
+        }
     };
-    if let Some(signer) = &opts.signer {
-        auth_probe(client, signer, name, &resolution, &mut findings).await;
+    let partial = state
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assemble(
+        client,
+        name,
+        opts,
+        resolution,
+        partial,
+        timed_out,
+        cut_in_resolution,
+        start.elapsed(),
+    )
+}
+
+/// Every phase after discovery, concurrently; each records its result in
+/// `state` when it finishes.
+async fn run(
+    client: &FederationClient,
+    name: &ServerName,
+    opts: &CheckOptions,
+    resolution: &Resolution,
+    state: &Mutex<Partial>,
+) {
+    let srv = async {
+        let mut f = Vec::new();
+        srv_lookup_findings(client, resolution, &mut f).await;
+        lock(state).srv_lookups = Some(f);
+    };
+    let addresses = async {
+        let mut reports = Vec::new();
+        if let Ok(dest) = &resolution.outcome {
+            let mut probes = Vec::new();
+            let mut index = 0;
+            for t in &dest.targets {
+                for addr in t.socket_addrs() {
+                    let slot = Slot { state, index };
+                    index += 1;
+                    probes.push(probe_address(
+                        client,
+                        dest,
+                        name,
+                        t.host.clone(),
+                        addr,
+                        slot,
+                    ));
+                }
+            }
+            reports = futures_util::future::join_all(probes).await;
+        }
+        if let Some(n) = &opts.notary {
+            let mut f = Vec::new();
+            notary_cross_check(client, n, name, &reports, &mut f).await;
+            lock(state).notary = Some(f);
+        }
+    };
+    let by_name = !(name.is_ip_literal() || name.port().is_some());
+    let well_known = async {
+        if by_name {
+            let mut f = Vec::new();
+            let got = well_known_everywhere(client, name, &mut f).await;
+            lock(state).well_known = Some((got, f));
+        }
+    };
+    let client_doc = async {
+        if by_name {
+            client_well_known(client, name, state).await;
+        }
+    };
+    let support = async {
+        if by_name {
+            let mut f = Vec::new();
+            let v = support_well_known(client, name, &mut f).await;
+            lock(state).support = Some((v, f));
+        }
+    };
+    let auth = async {
+        if let Some(signer) = &opts.signer {
+            let mut f = Vec::new();
+            auth_probe(client, signer, name, resolution, &mut f).await;
+            lock(state).auth = Some(f);
+        }
+    };
+    tokio::join!(srv, addresses, well_known, client_doc, support, auth);
+}
+
+/// The report from what `partial` holds; `timed_out` when the time limit
+/// ended the check (`cut_in_resolution`: during discovery).
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    client: &FederationClient,
+    name: &ServerName,
+    opts: &CheckOptions,
+    resolution: Arc<Resolution>,
+    partial: Partial,
+    timed_out: bool,
+    cut_in_resolution: bool,
+    duration: Duration,
+) -> Report {
+    let by_name = !(name.is_ip_literal() || name.port().is_some());
+    let mut pending = Vec::new();
+    if cut_in_resolution {
+        pending.push("resolution".to_owned());
     }
-    if let Some(n) = &opts.notary {
-        notary_cross_check(client, n, name, &addresses, &mut findings).await;
+    let mut findings = Vec::new();
+    discovery_findings(&resolution, cut_in_resolution, &mut findings);
+    match partial.srv_lookups {
+        Some(mut f) => findings.append(&mut f),
+        None => pending.push("srv_lookups".to_owned()),
+    }
+    let mut addresses = Vec::with_capacity(partial.addresses.len());
+    for slot in partial.addresses {
+        let mut a = slot.report;
+        if let Some(step) = slot.step {
+            a.unfinished = true;
+            a.error = Some(format!(
+                "timeout: the check's time ran out during {step} (what was learnt before is kept)"
+            ));
+            pending.push(format!("address {}: {step}", a.addr));
+        }
+        addresses.push(a);
+    }
+    address_findings(&addresses, &mut findings);
+    let (well_known_by_addr, mut wk_findings) = match partial.well_known {
+        Some(w) => w,
+        None => {
+            if by_name {
+                pending.push("well_known_by_address".to_owned());
+            }
+            (Vec::new(), Vec::new())
+        }
+    };
+    untested_findings(&addresses, &well_known_by_addr, &mut findings);
+    if !opts.private {
+        public_findings(client, &resolution, &well_known_by_addr, &mut findings);
+    }
+    findings.append(&mut wk_findings);
+    let client_well_known = match partial.client {
+        Some((v, mut f, finished)) => {
+            if !finished {
+                pending.push("client_base_url".to_owned());
+            }
+            findings.append(&mut f);
+            v
+        }
+        None => {
+            if by_name {
+                pending.push("client_well_known".to_owned());
+            }
+            None
+        }
+    };
+    let support_well_known = match partial.support {
+        Some((v, mut f)) => {
+            findings.append(&mut f);
+            v
+        }
+        None => {
+            if by_name {
+                pending.push("support_well_known".to_owned());
+            }
+            None
+        }
+    };
+    match partial.auth {
+        Some(mut f) => findings.append(&mut f),
+        None if opts.signer.is_some() => pending.push("auth_probe".to_owned()),
+        None => {}
+    }
+    match partial.notary {
+        Some(mut f) => findings.append(&mut f),
+        None if opts.notary.is_some() => pending.push("notary".to_owned()),
+        None => {}
+    }
+    if timed_out {
+        let limit = opts
+            .time_limit
+            .map(homeport_core::duration::format)
+            .unwrap_or_default();
+        findings.push(finding(
+            "check_timed_out",
+            Severity::Error,
+            "homeport check: --timeout bounds the whole check",
+            format!(
+                "the check's time limit ({limit}) ran out before these finished: {}",
+                if pending.is_empty() {
+                    "(nothing recorded)".to_owned()
+                } else {
+                    pending.join(", ")
+                }
+            ),
+            "Find the slow part in the report (often a .well-known host that never answers, or a filtered port that drops packets instead of refusing them); retry with a longer --timeout if the network is simply slow",
+        ));
     }
     findings.sort_by(|a, b| {
         b.severity
@@ -327,12 +631,44 @@ pub async fn check(client: &FederationClient, name: &ServerName, opts: &CheckOpt
         addresses,
         well_known_by_addr,
         client_well_known,
+        support_well_known,
         findings,
-        duration: start.elapsed(),
+        pending,
+        duration,
     }
 }
 
-async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut Vec<Finding>) {
+/// The lifetime the `.well-known` response asks for, before peers clamp it
+/// (seconds; `no-store` is 0), or `None` when its headers name none.
+fn requested_lifetime(wk: &homeport_resolve::WellKnownReport, now: SystemTime) -> Option<u64> {
+    use homeport_resolve::cache_control::{CachePeriod, cache_period};
+    let cc: Vec<&str> = wk.cache_control.iter().map(String::as_str).collect();
+    match cache_period(&cc, wk.expires.as_deref(), now) {
+        CachePeriod::NoStore => Some(0),
+        CachePeriod::For(d) => Some(d.as_secs()),
+        CachePeriod::Unspecified => None,
+    }
+}
+
+fn cache_headers_text(wk: &homeport_resolve::WellKnownReport) -> String {
+    let mut parts = Vec::new();
+    if !wk.cache_control.is_empty() {
+        parts.push(format!("Cache-Control: {}", wk.cache_control.join(", ")));
+    }
+    if let Some(e) = &wk.expires {
+        parts.push(format!("Expires: {e}"));
+    }
+    if parts.is_empty() {
+        "no Cache-Control or Expires".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The findings that follow from the resolution itself (no network).
+/// `cut`: the check's time limit ended the resolution, which is reported as
+/// `check_timed_out` rather than as a resolution failure.
+fn discovery_findings(r: &Resolution, cut: bool, out: &mut Vec<Finding>) {
     if let Some(wk) = &r.well_known {
         match &wk.result {
             Err(WellKnownFailure::RedirectLoop(url)) => out.push(finding(
@@ -394,14 +730,35 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                         "Make sure the reverse proxy on that port accepts Host with the port (see the Host probe), or drop the port and use SRV or 8448",
                     ));
                 }
-                if wk.cache_seconds < 3600 && !wk.from_cache {
-                    out.push(finding(
-                        "wellknown_cache_short",
-                        Severity::Info,
-                        "Server-Server API: responses should be cached, 24 hours by default",
-                        format!("the response asks to be cached for {}s", wk.cache_seconds),
-                        "Send Cache-Control: max-age=86400 unless you are about to change the delegation",
-                    ));
+                if !wk.from_cache {
+                    let asked = requested_lifetime(wk, SystemTime::now());
+                    if let Some(secs) = asked.filter(|s| *s < WK_CACHE_SHORT_SECS) {
+                        out.push(finding(
+                            "wellknown_cache_short",
+                            Severity::Info,
+                            "Server-Server API: responses should be cached, 24 hours by default",
+                            format!(
+                                "the response asks to be cached for {secs}s ({}); peers keep it for {}s",
+                                cache_headers_text(wk),
+                                wk.cache_seconds
+                            ),
+                            "Send Cache-Control: max-age=86400 unless you are about to change the delegation",
+                        ));
+                    }
+                    if let Some(secs) = asked.filter(|s| *s > WK_CACHE_MAX_SECS) {
+                        out.push(finding(
+                            "wellknown_cache_long",
+                            Severity::Warning,
+                            "Server-Server API: a .well-known response is cached for at most 48 hours",
+                            format!(
+                                "the response asks to be cached for {secs}s ({}, {}); peers cap it at 48 hours and keep it for {}s",
+                                homeport_core::time::format_span_ms(secs.saturating_mul(1000)),
+                                cache_headers_text(wk),
+                                wk.cache_seconds
+                            ),
+                            "Send Cache-Control: max-age=86400 (or less): a lifetime peers cut anyway only makes a change of delegation slow to reach them",
+                        ));
+                    }
                 }
                 if let Some(ct) = &wk.content_type
                     && !ct.to_ascii_lowercase().starts_with("application/json") {
@@ -413,18 +770,25 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
                             "Serve /.well-known/matrix/server with Content-Type: application/json",
                         ));
                     }
-                // SRV records of the server name itself are ignored now.
-                let q = format!("_matrix-fed._tcp.{}", r.server_name.host_str().to_ascii_lowercase());
-                if let Ok(SrvAnswer::Found { .. }) = client.resolver().lookup_srv(&q).await {
-                    out.push(finding(
-                        "srv_ignored_due_to_wellknown",
-                        Severity::Info,
-                        "Server-Server API: SRV records are looked up only for the delegated name",
-                        format!("{q} exists, but .well-known delegates to {d}, so it is never used"),
-                        "Remove the record, or put the SRV record on the delegated name instead",
-                    ));
-                }
             }
+        }
+        let loop_reported = matches!(
+            wk.result,
+            Err(WellKnownFailure::RedirectLoop(_) | WellKnownFailure::TooManyRedirects(_))
+        );
+        if !wk.redirects.is_empty() && !loop_reported {
+            out.push(finding(
+                "wellknown_redirected",
+                Severity::Info,
+                "Server-Server API: 30x redirects of the .well-known URL are followed (over https only)",
+                format!(
+                    "{} -> {} ({} redirect(s) before the final answer)",
+                    wk.url,
+                    wk.redirects.join(" -> "),
+                    wk.redirects.len()
+                ),
+                "Nothing required; answering 200 at /.well-known/matrix/server directly removes hops that can break",
+            ));
         }
     }
     if matches!(r.step, Step::DelegatedLegacySrv | Step::LegacySrv) && r.outcome.is_ok() {
@@ -464,6 +828,9 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
         }
     }
     if let Err(e) = &r.outcome {
+        if cut {
+            return;
+        }
         let (id, fix) = match e {
             homeport_resolve::ResolveError::SrvUnavailable { .. } => (
                 "srv_unavailable",
@@ -489,9 +856,70 @@ async fn discovery_findings(client: &FederationClient, r: &Resolution, out: &mut
     }
 }
 
+/// SRV records, bounded in time, for findings only.
+async fn srv_records(client: &FederationClient, qname: &str) -> Option<Vec<String>> {
+    match tokio::time::timeout(SRV_LOOKUP_BOUND, client.resolver().lookup_srv(qname)).await {
+        Ok(Ok(SrvAnswer::Found { records, .. })) => Some(
+            records
+                .iter()
+                .map(|r| format!("{} {} {} {}", r.priority, r.weight, r.port, r.target))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The findings about SRV records that delegation made irrelevant: they
+/// need DNS lookups discovery itself did not make (with the check's own
+/// resolver).
+async fn srv_lookup_findings(client: &FederationClient, r: &Resolution, out: &mut Vec<Finding>) {
+    let Some(wk) = &r.well_known else {
+        return;
+    };
+    let Ok(d) = &wk.result else {
+        return;
+    };
+    // SRV records of the server name itself are ignored now.
+    let q = format!(
+        "_matrix-fed._tcp.{}",
+        r.server_name.host_str().to_ascii_lowercase()
+    );
+    if srv_records(client, &q).await.is_some() {
+        out.push(finding(
+            "srv_ignored_due_to_wellknown",
+            Severity::Info,
+            "Server-Server API: SRV records are looked up only for the delegated name",
+            format!("{q} exists, but .well-known delegates to {d}, so it is never used"),
+            "Remove the record, or put the SRV record on the delegated name instead",
+        ));
+    }
+    // m.server with a port (step 3.2): the delegated name's SRV records are
+    // never looked up either.
+    if d.port().is_some() && !d.is_ip_literal() {
+        let host = d.host_str().to_ascii_lowercase();
+        for prefix in ["_matrix-fed._tcp.", "_matrix._tcp."] {
+            let q = format!("{prefix}{host}");
+            if let Some(records) = srv_records(client, &q).await {
+                out.push(finding(
+                    "srv_ignored_due_to_port",
+                    Severity::Info,
+                    "Server-Server API, Resolving server names, step 3.2: when m.server has a port, no SRV lookup is made",
+                    format!(
+                        "m.server is {d}, with a port, so {q} ({}) is never looked up",
+                        records.join(", ")
+                    ),
+                    "Nothing required. Removing the port from m.server puts the SRV record in charge (and takes the port out of the Host header)",
+                ));
+                break;
+            }
+        }
+    }
+}
+
 fn summarize(der: &[u8]) -> Option<CertSummary> {
     let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
     let na = c.validity().not_after.timestamp();
+    let nb = c.validity().not_before.timestamp();
     let now = i64::try_from(now_ms() / 1000).unwrap_or(0);
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
@@ -523,6 +951,7 @@ fn summarize(der: &[u8]) -> Option<CertSummary> {
         issuer_cn: cn(c.issuer()),
         dns_names,
         ip_addresses,
+        not_before: nb,
         not_after: na,
         days_left: (na - now).div_euclid(86_400),
         sha256: homeport_core::base64::encode(sha2::Sha256::digest(der)),
@@ -674,19 +1103,24 @@ async fn probe_address(
     name: &ServerName,
     target: String,
     addr: SocketAddr,
+    slot: Slot<'_>,
 ) -> AddressReport {
-    let mut rep = AddressReport {
-        addr,
-        family: if addr.is_ipv6() { "ipv6" } else { "ipv4" },
-        target: target.clone(),
-        connect_ms: None,
-        tls: None,
-        certificate: None,
-        keys: None,
-        version: None,
-        host_probe: None,
-        error: None,
-    };
+    let rep = probe_address_steps(client, dest, name, target, addr, slot).await;
+    slot.save(&rep, None);
+    rep
+}
+
+/// The probes of one address in order, each step's result saved in `slot`
+/// before the next starts.
+async fn probe_address_steps(
+    client: &FederationClient,
+    dest: &Destination,
+    name: &ServerName,
+    target: String,
+    addr: SocketAddr,
+    slot: Slot<'_>,
+) -> AddressReport {
+    let mut rep = blank_address(addr, &target);
     let cfg = client.config();
     let conn = match connect::connect_addr(
         addr,
@@ -701,6 +1135,7 @@ async fn probe_address(
         Ok(c) => c,
         Err(a) => {
             rep.error = Some(format!("{}: {}", a.phase, a.error));
+            rep.no_route = a.no_route;
             return rep;
         }
     };
@@ -730,7 +1165,13 @@ async fn probe_address(
         valid,
         error: verdict.and_then(Result::err),
         valid_for,
+        problem: if valid {
+            None
+        } else {
+            info.certificates.problem
+        },
     });
+    slot.save(&rep, Some("http"));
     let (mut sender, _) = match open(conn).await {
         Ok(s) => s,
         Err(e) => {
@@ -740,6 +1181,7 @@ async fn probe_address(
     };
     let host = dest.host_header.clone();
     let none = HeaderMap::new();
+    slot.save(&rep, Some("keys"));
     // Keys.
     rep.keys = Some(
         match exchange(
@@ -762,11 +1204,13 @@ async fn probe_address(
                 problems: Vec::new(),
                 canonical: false,
                 raw: None,
+                canonical_diff: None,
                 error: Some(e),
             },
             Ok(x) => keys_report(&x, name),
         },
     );
+    slot.save(&rep, Some("version"));
     // Version.
     rep.version = Some(
         match exchange(
@@ -803,6 +1247,7 @@ async fn probe_address(
             },
         },
     );
+    slot.save(&rep, Some("host_probe"));
     // Host probe: the other form of the Host header.
     let alternative = match host.rsplit_once(':') {
         Some((h, p)) if !host.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
@@ -856,6 +1301,7 @@ fn keys_report(x: &Exchange, name: &ServerName) -> KeysReport {
         problems: Vec::new(),
         canonical: false,
         raw: None,
+        canonical_diff: None,
         error: None,
     };
     if x.status != StatusCode::OK {
@@ -875,22 +1321,56 @@ fn keys_report(x: &Exchange, name: &ServerName) -> KeysReport {
     k.verify_keys = r
         .verify_keys
         .iter()
-        .map(|v| {
-            (
-                v.key_id.clone(),
-                format!("{:?}", v.signature).to_lowercase(),
-            )
-        })
+        .map(|v| (v.key_id.clone(), v.signature.as_str().to_owned()))
         .collect();
     k.ok = r.ok();
     k.problems = r.problems.iter().map(ToString::to_string).collect();
-    k.canonical = homeport_core::canonical_json::to_canonical_vec(
+    // A document without a canonical form is a key problem already
+    // (`key_invalid`); only one that has one can differ from it.
+    if let Ok(c) = homeport_core::canonical_json::to_canonical_vec(
         &raw,
         homeport_core::canonical_json::Mode::Lenient,
-    )
-    .is_ok_and(|c| c == x.body.as_ref());
+    ) {
+        k.canonical = c == x.body.as_ref();
+        k.canonical_diff = first_difference(&x.body, &c);
+    }
     k.raw = Some(raw);
     k
+}
+
+/// Where `received` first differs from `canonical`, with a short excerpt of
+/// each from a little before that byte; `None` when they are equal.
+fn first_difference(received: &[u8], canonical: &[u8]) -> Option<String> {
+    let at = received
+        .iter()
+        .zip(canonical)
+        .position(|(a, b)| a != b)
+        .or_else(|| {
+            (received.len() != canonical.len()).then(|| received.len().min(canonical.len()))
+        })?;
+    let excerpt = |b: &[u8]| {
+        let from = at.saturating_sub(12);
+        let to = (at + 20).min(b.len());
+        let text = String::from_utf8_lossy(b.get(from..to).unwrap_or_default()).into_owned();
+        format!(
+            "{}{text:?}{}",
+            if from > 0 { "…" } else { "" },
+            if to < b.len() { "…" } else { "" }
+        )
+    };
+    Some(format!(
+        "the body differs from its canonical JSON at byte {at}: received {}, canonical {}",
+        if at >= received.len() {
+            "(end of body)".to_owned()
+        } else {
+            excerpt(received)
+        },
+        if at >= canonical.len() {
+            "(end)".to_owned()
+        } else {
+            excerpt(canonical)
+        }
+    ))
 }
 
 /// The TLS policy with ALPN `http/1.1` only: federating servers (Synapse
@@ -913,17 +1393,68 @@ fn status_text(s: Option<u16>) -> String {
     s.map_or_else(|| "no answer".to_owned(), |x| format!("HTTP {x}"))
 }
 
-fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<Finding>) {
+/// An IPv6 address this machine could not try (no IPv6 route): it says
+/// nothing about the server.
+fn untested(a: &AddressReport) -> bool {
+    a.family == "ipv6" && a.no_route
+}
+
+fn address_findings(addrs: &[AddressReport], out: &mut Vec<Finding>) {
     let now = now_ms();
-    let any_ok = addrs.iter().any(|a| a.error.is_none());
+    let now_s = i64::try_from(now / 1000).unwrap_or(i64::MAX);
+    // Addresses that were tried to the end: neither cut short by the time
+    // limit nor untestable from here.
+    let tried = |a: &&AddressReport| !a.unfinished && !untested(a);
+    let works = |family: &str| {
+        addrs
+            .iter()
+            .filter(tried)
+            .any(|a| a.family == family && a.error.is_none())
+    };
+    let all_fail = |family: &str| {
+        let mut of_family = addrs.iter().filter(tried).filter(|a| a.family == family);
+        let mut any = false;
+        let all = of_family.all(|a| {
+            any = true;
+            a.error.is_some()
+        });
+        any && all
+    };
+    let (v4_ok, v6_ok) = (works("ipv4"), works("ipv6"));
+    let any_ok = v4_ok || v6_ok;
+    let first_working = |family: &str| {
+        addrs
+            .iter()
+            .filter(tried)
+            .find(|a| a.family == family && a.error.is_none())
+            .map(|a| a.addr.to_string())
+            .unwrap_or_default()
+    };
     for a in addrs {
         let at = format!("{} ({})", a.addr, a.target);
-        if let Some(e) = &a.error {
-            let v6_only_failure = a.family == "ipv6" && any_ok;
-            let (id, sev) = if e.starts_with("tls") {
-                ("tls_failed", Severity::Error)
-            } else if v6_only_failure {
-                ("ipv6_unreachable", Severity::Warning)
+        if let Some(e) = &a.error
+            && tried(&a)
+        {
+            let (id, sev, evidence) = if e.starts_with("tls") {
+                ("tls_failed", Severity::Error, format!("{at}: {e}"))
+            } else if a.family == "ipv6" && all_fail("ipv6") && v4_ok {
+                (
+                    "ipv6_unreachable",
+                    Severity::Warning,
+                    format!(
+                        "{at}: {e}; no IPv6 address works, IPv4 does ({})",
+                        first_working("ipv4")
+                    ),
+                )
+            } else if a.family == "ipv4" && all_fail("ipv4") && v6_ok {
+                (
+                    "ipv4_unreachable",
+                    Severity::Error,
+                    format!(
+                        "{at}: {e}; no IPv4 address works, IPv6 does ({})",
+                        first_working("ipv6")
+                    ),
+                )
             } else {
                 (
                     "connect_failed",
@@ -932,15 +1463,19 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                     } else {
                         Severity::Error
                     },
+                    format!("{at}: {e}"),
                 )
             };
-            out.push(finding(
-                id,
-                sev,
-                S_DISCOVERY,
-                format!("{at}: {e}"),
-                "Make the address reachable on that port, or remove its DNS record",
-            ));
+            let fix = match id {
+                "ipv6_unreachable" => {
+                    "Make the listener accept IPv6 (bind_addresses: ['::', '0.0.0.0'], nginx listen [::]:8448), open the IPv6 firewall, or remove the AAAA record"
+                }
+                "ipv4_unreachable" => {
+                    "Make the address reachable over IPv4 (port forwarding, firewall, listener), or correct the A record: servers without IPv6 cannot reach you"
+                }
+                _ => "Make the address reachable on that port, or remove its DNS record",
+            };
+            out.push(finding(id, sev, S_DISCOVERY, evidence, fix));
             continue;
         }
         if let Some(c) = &a.certificate
@@ -948,34 +1483,79 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
         {
             let err = c.error.clone().unwrap_or_default();
             let leaf = c.chain.first();
-            let self_signed =
-                leaf.is_some_and(|l| l.subject == l.issuer) && err.contains("unknown issuer");
-            let (id, fix) = if c.valid_for.is_some() {
+            let self_signed = leaf.is_some_and(|l| l.subject == l.issuer)
+                && c.problem == Some(CertProblem::UnknownIssuer);
+            let (id, fix, detail) = if c.valid_for.is_some() {
                 (
                     "cert_valid_only_for_srv_target",
                     format!(
                         "Get a certificate for {} (the server name or the delegated name), not only for the SRV target {}: since MSC1711 (Synapse 1.0) peers check the name they looked up, never the SRV target",
                         c.tls_name, a.target
                     ),
+                    String::new(),
                 )
-            } else if err.contains("expired") {
-                ("cert_expired", "Renew the certificate (homeport serve with acme: renews automatically) and reload".to_owned())
+            } else if c.problem == Some(CertProblem::Expired) {
+                (
+                    "cert_expired",
+                    "Renew the certificate (homeport serve with acme: renews automatically) and reload".to_owned(),
+                    c.chain
+                        .iter()
+                        .find(|x| x.not_after < now_s)
+                        .map(|x| {
+                            format!(
+                                "; {} expired on {} ({} days ago)",
+                                x.subject_cn.as_deref().unwrap_or(&x.subject),
+                                homeport_core::time::format_utc_ms(
+                                    u64::try_from(x.not_after).unwrap_or(0).saturating_mul(1000)
+                                ),
+                                -x.days_left
+                            )
+                        })
+                        .unwrap_or_default(),
+                )
+            } else if c.problem == Some(CertProblem::NotValidYet) {
+                (
+                    "cert_not_yet_valid",
+                    "Check the clocks: of the machine that issued the certificate and of this one (time synchronisation); re-issue the certificate if it was made with a wrong clock".to_owned(),
+                    c.chain
+                        .iter()
+                        .find(|x| x.not_before > now_s)
+                        .map(|x| {
+                            format!(
+                                "; {} is valid from {} (not_before {}), {} after this machine's clock ({})",
+                                x.subject_cn.as_deref().unwrap_or(&x.subject),
+                                homeport_core::time::format_utc_ms(
+                                    u64::try_from(x.not_before).unwrap_or(0).saturating_mul(1000)
+                                ),
+                                x.not_before,
+                                homeport_core::time::format_span_ms(
+                                    u64::try_from(x.not_before - now_s)
+                                        .unwrap_or(0)
+                                        .saturating_mul(1000)
+                                ),
+                                homeport_core::time::format_utc_ms(now)
+                            )
+                        })
+                        .unwrap_or_default(),
+                )
             } else if self_signed {
-                ("cert_self_signed", "Use a certificate from a public CA (e.g. Let's Encrypt); self-signed certificates are refused since Synapse 1.0".to_owned())
-            } else if err.contains("unknown issuer") && c.chain.len() == 1 {
-                ("cert_chain_incomplete", "Serve the full chain (leaf followed by the intermediates), e.g. fullchain.pem rather than cert.pem".to_owned())
-            } else if err.contains("not valid for") {
+                ("cert_self_signed", "Use a certificate from a public CA (e.g. Let's Encrypt); self-signed certificates are refused since Synapse 1.0".to_owned(), String::new())
+            } else if c.problem == Some(CertProblem::UnknownIssuer) && c.chain.len() == 1 {
+                ("cert_chain_incomplete", "Serve the full chain (leaf followed by the intermediates), e.g. fullchain.pem rather than cert.pem".to_owned(), String::new())
+            } else if c.problem == Some(CertProblem::NotValidForName) {
                 (
                     "cert_name_mismatch",
                     format!(
                         "Get a certificate whose subjectAltName includes {}",
                         c.tls_name
                     ),
+                    String::new(),
                 )
             } else {
                 (
                     "cert_untrusted",
                     "Use a certificate from a CA that federating servers trust".to_owned(),
+                    String::new(),
                 )
             };
             out.push(finding(
@@ -983,7 +1563,7 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                 Severity::Error,
                 S_TLS,
                 format!(
-                    "{at}: {err}; chain as sent: {}",
+                    "{at}: {err}{detail}; chain as sent: {}",
                     c.chain
                         .iter()
                         .map(|x| x.dns_names.join(","))
@@ -991,6 +1571,25 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                         .join(" <- ")
                 ),
                 &fix,
+            ));
+        } else if let Some(c) = &a.certificate
+            && let Some(leaf) = c.chain.first()
+            && (0..CERT_SOON_DAYS).contains(&leaf.days_left)
+        {
+            out.push(finding(
+                "cert_expires_soon",
+                Severity::Warning,
+                S_TLS,
+                format!(
+                    "{at}: the certificate for {} expires on {} (not_after {}), in {} day(s)",
+                    c.tls_name,
+                    homeport_core::time::format_utc_ms(
+                        u64::try_from(leaf.not_after).unwrap_or(0).saturating_mul(1000)
+                    ),
+                    leaf.not_after,
+                    leaf.days_left
+                ),
+                "ACME clients renew about 30 days ahead, so renewal is failing or the new certificate was not loaded: look at `homeport acme status` (or your ACME client's log) and make the server reload the certificate",
             ));
         }
         if let Some(k) = &a.keys {
@@ -1034,6 +1633,15 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
                     if v > now + keys::SEVEN_DAYS_MS {
                         out.push(finding("key_validity_over_7_days", Severity::Info, "Server-Server API: servers trust a fetched key for at most 7 days (room v5+)", format!("{at}: valid_until_ts is {} days ahead", (v - now) / 86_400_000), "Nothing breaks; peers clamp to 7 days. Lower key_refresh_interval to make that explicit"));
                     }
+                }
+                if let Some(diff) = &k.canonical_diff {
+                    out.push(finding(
+                        "key_not_canonical",
+                        Severity::Info,
+                        "Matrix appendices, Signing JSON: signed JSON is checked over its canonical form",
+                        format!("{at}: {diff}"),
+                        "Nothing breaks: verifiers re-encode before checking. Something re-serialised the body on the way (a proxy or a framework); worth knowing if key_signature_invalid also appears",
+                    ));
                 }
                 if k.content_type
                     .as_deref()
@@ -1094,7 +1702,97 @@ fn address_findings(dest: &Destination, addrs: &[AddressReport], out: &mut Vec<F
             }
         }
     }
-    let _ = dest;
+}
+
+/// `ipv6_not_tested`: the IPv6 addresses (of targets, and of the server
+/// name for `.well-known`) this machine has no route to.
+fn untested_findings(addrs: &[AddressReport], wk: &[WellKnownAddr], out: &mut Vec<Finding>) {
+    let mut not_tested: Vec<String> = addrs
+        .iter()
+        .filter(|a| untested(a))
+        .map(|a| format!("{} ({})", a.addr, a.target))
+        .collect();
+    not_tested.extend(
+        wk.iter()
+            .filter(|w| w.no_route)
+            .map(|w| format!("{} (.well-known)", w.addr)),
+    );
+    if not_tested.is_empty() {
+        return;
+    }
+    // When no address at all could be tried, nothing about the server was
+    // checked: that must not read as a pass.
+    let nothing_tried = !addrs.is_empty() && addrs.iter().all(untested);
+    out.push(finding(
+        "ipv6_not_tested",
+        if nothing_tried {
+            Severity::Error
+        } else {
+            Severity::Info
+        },
+        S_DISCOVERY,
+        format!(
+            "this machine has no IPv6 route, so these addresses were not tested: {}{}",
+            not_tested.join(", "),
+            if nothing_tried {
+                "; no address of the server could be tested from here"
+            } else {
+                ""
+            }
+        ),
+        "Run the check from a machine with IPv6 before concluding that IPv6 works",
+    ));
+}
+
+/// `address_not_public`: addresses peers connect to (the targets, and the
+/// server name's for `.well-known`) in a range Synapse's default
+/// `ip_range_blacklist` refuses, unless the client's own address filter
+/// allows them explicitly.
+fn public_findings(
+    client: &FederationClient,
+    r: &Resolution,
+    wk: &[WellKnownAddr],
+    out: &mut Vec<Finding>,
+) {
+    let mut special = homeport_resolve::AddressFilter::default_deny();
+    special
+        .allow
+        .extend(client.resolver().filter().allow.iter().copied());
+    special
+        .allow
+        .extend(client.config().connect.filter.allow.iter().copied());
+    let mut seen: Vec<IpAddr> = Vec::new();
+    let mut check = |ip: IpAddr, what: String, out: &mut Vec<Finding>| {
+        if seen.contains(&ip) {
+            return;
+        }
+        seen.push(ip);
+        if let Some(range) = special.denied_by(ip) {
+            out.push(finding(
+                "address_not_public",
+                Severity::Warning,
+                "Server-Server API, Resolving server names; Synapse's default ip_range_blacklist",
+                format!(
+                    "{ip} ({what}) is in {range}, a private or special-purpose range: servers on the public federation cannot reach it, and Synapse's default ip_range_blacklist refuses it"
+                ),
+                "Publish public addresses in public DNS; with split-horizon DNS, check against the public view (--dns). In a closed federation on a private network, use --private",
+            ));
+        }
+    };
+    if let Ok(d) = &r.outcome {
+        for t in &d.targets {
+            for ip in &t.addrs {
+                check(*ip, t.host.clone(), out);
+            }
+        }
+    }
+    for w in wk {
+        check(
+            w.addr.ip(),
+            format!("{}, .well-known", r.server_name.host_str()),
+            out,
+        );
+    }
 }
 
 async fn well_known_everywhere(
@@ -1134,18 +1832,24 @@ async fn well_known_everywhere(
                     status: Some(status),
                     m_server: m,
                     error: None,
+                    no_route: false,
                 }
             }
             Err(e) => WellKnownAddr {
                 addr,
                 status: None,
                 m_server: None,
-                error: Some(e),
+                no_route: e.no_route && addr.is_ipv6(),
+                error: Some(e.text),
             },
         })
         .collect();
-    let answers: Vec<(Option<u16>, Option<String>)> =
-        got.iter().map(|w| (w.status, w.m_server.clone())).collect();
+    // An address this machine cannot reach at all gave no answer to compare.
+    let answers: Vec<(Option<u16>, Option<String>)> = got
+        .iter()
+        .filter(|w| !w.no_route)
+        .map(|w| (w.status, w.m_server.clone()))
+        .collect();
     if answers.windows(2).any(|w| w[0] != w[1]) {
         let ev = got
             .iter()
@@ -1174,7 +1878,36 @@ async fn well_known_everywhere(
     got
 }
 
-type WkResult = Result<(u16, Bytes, HeaderMap), String>;
+/// Why a fetch got no answer.
+struct FetchError {
+    /// `phase: what`, as the report shows it.
+    text: String,
+    /// Nothing was exchanged with the address (no TCP connection): another
+    /// address may do better.
+    unconnected: bool,
+    /// This machine has no route to the address.
+    no_route: bool,
+}
+
+impl FetchError {
+    fn http(text: String) -> Self {
+        FetchError {
+            text,
+            unconnected: false,
+            no_route: false,
+        }
+    }
+
+    fn attempt(a: &connect::Attempt) -> Self {
+        FetchError {
+            text: format!("{}: {}", a.phase, a.error),
+            unconnected: a.phase == "connect" || a.phase == "filter",
+            no_route: a.no_route,
+        }
+    }
+}
+
+type WkResult = Result<(u16, Bytes, HeaderMap), FetchError>;
 
 async fn one_well_known(
     client: &FederationClient,
@@ -1185,7 +1918,7 @@ async fn one_well_known(
     let host = name.host_str().to_ascii_lowercase();
     let tls_name = match homeport_core::DnsName::parse(&host) {
         Ok(d) => Host::Dns(d),
-        Err(e) => return (addr, Err(e.to_string())),
+        Err(e) => return (addr, Err(FetchError::http(e.to_string()))),
     };
     let cfg = client.config();
     let conn = match connect::connect_addr(
@@ -1199,11 +1932,11 @@ async fn one_well_known(
     .await
     {
         Ok(c) => c,
-        Err(a) => return (addr, Err(format!("{}: {}", a.phase, a.error))),
+        Err(a) => return (addr, Err(FetchError::attempt(&a))),
     };
     let (mut s, _) = match open(conn).await {
         Ok(s) => s,
-        Err(e) => return (addr, Err(e)),
+        Err(e) => return (addr, Err(FetchError::http(e))),
     };
     let port = addr.port();
     let hosthdr = if port == 443 {
@@ -1213,29 +1946,43 @@ async fn one_well_known(
     };
     match exchange(&mut s, Method::GET, path, &hosthdr, &HeaderMap::new(), None).await {
         Ok(x) => (addr, Ok((x.status.as_u16(), x.body, x.headers))),
-        Err(e) => (addr, Err(e)),
+        Err(e) => (addr, Err(FetchError::http(e))),
     }
 }
 
-async fn client_well_known(
+/// `path` from the server name's addresses in order (IPv6 first), moving
+/// on while an address cannot be connected to, as a client does. `None`
+/// when the name has no address.
+async fn from_the_name(
     client: &FederationClient,
     name: &ServerName,
-    out: &mut Vec<Finding>,
-) -> Option<Value> {
+    path: &str,
+) -> Option<WkResult> {
     let host = name.host_str().to_ascii_lowercase();
     let port = client.resolver().well_known_port();
     let addrs = client.resolver().lookup_addrs(&host).await.ok()?;
-    let ip: IpAddr = *addrs.all().first()?;
-    let (_, r) = one_well_known(
-        client,
-        name,
-        SocketAddr::new(ip, port),
-        "/.well-known/matrix/client",
-    )
-    .await;
-    let (status, body, headers) = r.ok()?;
+    let mut last = None;
+    for ip in addrs.all() {
+        let (_, r) = one_well_known(client, name, SocketAddr::new(ip, port), path).await;
+        match r {
+            Err(e) if e.unconnected => last = Some(Err(e)),
+            r => return Some(r),
+        }
+    }
+    last
+}
+
+async fn client_well_known(client: &FederationClient, name: &ServerName, state: &Mutex<Partial>) {
+    let mut out = Vec::new();
+    let Some(Ok((status, body, headers))) =
+        from_the_name(client, name, "/.well-known/matrix/client").await
+    else {
+        lock(state).client = Some((None, out, true));
+        return;
+    };
     if status != 200 {
-        return Some(json!({"status": status}));
+        lock(state).client = Some((Some(json!({"status": status})), out, true));
+        return;
     }
     let cors = headers
         .get("access-control-allow-origin")
@@ -1252,7 +1999,26 @@ async fn client_well_known(
                     "Add Access-Control-Allow-Origin: * to /.well-known/matrix/client",
                 ));
             }
-            Some(json!({"status": status, "m.homeserver": c.homeserver_base_url, "cors": cors}))
+            let mut doc =
+                json!({"status": status, "m.homeserver": c.homeserver_base_url, "cors": cors});
+            // Saved before the base_url check, which may be cut short.
+            lock(state).client = Some((Some(doc.clone()), out.clone(), false));
+            let (url, answer) = client_versions(client, &c.homeserver_base_url).await;
+            let (status, error) = match answer {
+                Ok(s) => (Some(s), None),
+                Err((s, e)) => (s, Some(e)),
+            };
+            if let Some(e) = &error {
+                out.push(finding(
+                    "client_base_url_unreachable",
+                    Severity::Warning,
+                    "Client-Server API, Server Discovery: clients validate base_url with GET /_matrix/client/versions",
+                    format!("GET {url}: {e}"),
+                    "Correct m.homeserver.base_url, or route /_matrix/client to the homeserver with a certificate valid for that host",
+                ));
+            }
+            doc["versions"] = json!({"url": url, "status": status, "error": error});
+            lock(state).client = Some((Some(doc), out, true));
         }
         Err(e) => {
             out.push(finding(
@@ -1261,6 +2027,178 @@ async fn client_well_known(
                 "Client-Server API, Server Discovery",
                 format!("/.well-known/matrix/client: {e}"),
                 "Serve {\"m.homeserver\": {\"base_url\": \"https://matrix.example.org\"}}",
+            ));
+            lock(state).client = Some((
+                Some(json!({"status": status, "error": e.to_string()})),
+                out,
+                true,
+            ));
+        }
+    }
+}
+
+/// `GET <base_url>/_matrix/client/versions`: the URL, and the status of a
+/// 200 JSON answer, or the status (if any) and why it is not one.
+async fn client_versions(
+    client: &FederationClient,
+    base_url: &str,
+) -> (String, Result<u16, (Option<u16>, String)>) {
+    let url = format!("{}/_matrix/client/versions", base_url.trim_end_matches('/'));
+    let answer = match tokio::time::timeout(BASE_URL_BOUND, get_url(client, &url)).await {
+        Err(_) => Err((None, format!("no answer within {BASE_URL_BOUND:?}"))),
+        Ok(Err(e)) => Err((None, e)),
+        Ok(Ok(x)) => {
+            let status = x.status.as_u16();
+            let object = serde_json::from_slice::<Value>(&x.body).is_ok_and(|v| v.is_object());
+            if status != 200 {
+                Err((Some(status), format!("HTTP {status}")))
+            } else if !object {
+                Err((
+                    Some(status),
+                    "HTTP 200, but the body is not a JSON object".to_owned(),
+                ))
+            } else {
+                Ok(status)
+            }
+        }
+    };
+    (url, answer)
+}
+
+/// GET an http(s) URL with the check's resolver, TLS policy (the
+/// certificate must be valid for the URL's host) and address filter; the
+/// body capped as every other.
+async fn get_url(client: &FederationClient, url: &str) -> Result<Exchange, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("not an http:// or https:// URL".to_owned()),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "the URL has no host".to_owned())?;
+    let host = ServerName::parse(authority.as_str())
+        .map_err(|e| format!("the URL's host {:?} is not valid: {e}", authority.as_str()))?;
+    let port = host.port().unwrap_or(if https { 443 } else { 80 });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let ips = match host.host().ip() {
+        Some(ip) => vec![ip],
+        None => client
+            .resolver()
+            .lookup_addrs(host.host_str())
+            .await
+            .map_err(|e| format!("dns: {e}"))?
+            .all(),
+    };
+    if ips.is_empty() {
+        return Err(format!("dns: {} has no A or AAAA records", host.host_str()));
+    }
+    let cfg = client.config();
+    let mut last = String::new();
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        let sender = if https {
+            match connect::connect_addr(
+                addr,
+                host.host_unbracketed(),
+                host.host(),
+                &peer_like(&cfg.tls),
+                true,
+                &cfg.connect,
+            )
+            .await
+            {
+                Ok(c) => open(c).await.map(|(s, _)| s),
+                Err(a) => {
+                    let e = FetchError::attempt(&a);
+                    if e.unconnected {
+                        last = format!("{addr}: {}", e.text);
+                        continue;
+                    }
+                    return Err(format!("{addr}: {}", e.text));
+                }
+            }
+        } else {
+            match plain_http(addr, &cfg.connect).await {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            }
+        };
+        let mut sender = sender.map_err(|e| format!("{addr}: http: {e}"))?;
+        return exchange(
+            &mut sender,
+            Method::GET,
+            path,
+            authority.as_str(),
+            &HeaderMap::new(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("{addr}: {e}"));
+    }
+    Err(last)
+}
+
+/// An HTTP/1.1 connection without TLS (a `base_url` may be `http://`),
+/// under the same address filter and connect bound as every connection.
+async fn plain_http(addr: SocketAddr, opts: &connect::ConnectOptions) -> Result<Sender, String> {
+    if let Some(range) = opts.filter.denied_by(addr.ip()) {
+        return Err(format!(
+            "filter: {} is in the denied range {range}",
+            addr.ip()
+        ));
+    }
+    let tcp = match tokio::time::timeout(opts.connect_timeout, tokio::net::TcpStream::connect(addr))
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "connect: no answer within {:?}",
+                opts.connect_timeout
+            ));
+        }
+    };
+    let (s, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(async move {
+        let _ = c.await;
+    });
+    Ok(Sender::H1(s))
+}
+
+/// `/.well-known/matrix/support`, fetched as the client document is: a
+/// non-200 answer is fine (no document), a 200 must follow the schema.
+async fn support_well_known(
+    client: &FederationClient,
+    name: &ServerName,
+    out: &mut Vec<Finding>,
+) -> Option<Value> {
+    let (status, body, _) = from_the_name(client, name, "/.well-known/matrix/support")
+        .await?
+        .ok()?;
+    if status != 200 {
+        return Some(json!({"status": status}));
+    }
+    match homeport_core::well_known::SupportWellKnown::parse(&body) {
+        Ok(d) => Some(json!({
+            "status": status,
+            "contacts": d.contacts.len(),
+            "support_page": d.support_page,
+        })),
+        Err(e) => {
+            out.push(finding(
+                "support_wellknown_invalid",
+                Severity::Info,
+                "Client-Server API, Server Discovery: GET /.well-known/matrix/support",
+                format!("/.well-known/matrix/support: {e}"),
+                "Serve {\"contacts\": [{\"email_address\": \"admin@example.org\", \"role\": \"m.role.admin\"}], \"support_page\": \"https://example.org/help\"} (each contact needs a role and a matrix_id or an email_address), or remove the document",
             ));
             Some(json!({"status": status, "error": e.to_string()}))
         }
@@ -1364,7 +2302,9 @@ impl Report {
             "addresses": self.addresses,
             "well_known_by_address": self.well_known_by_addr,
             "client_well_known": self.client_well_known,
+            "support_well_known": self.support_well_known,
             "findings": self.findings,
+            "pending": self.pending,
             "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
         })
     }
@@ -1539,6 +2479,13 @@ pub fn render_human(r: &Report, colour: bool) -> String {
             s.push_str(&format!("  {} -> {what}\n", w.addr));
         }
     }
+    if !r.pending.is_empty() {
+        s.push_str(&p.bold("Not finished when the time limit ran out"));
+        s.push('\n');
+        for x in &r.pending {
+            s.push_str(&format!("  {x}\n"));
+        }
+    }
     s.push('\n');
     if r.findings.is_empty() {
         s.push_str("No findings.\n");
@@ -1554,4 +2501,157 @@ pub fn render_human(r: &Report, colour: bool) -> String {
     s.push_str(&p.bold(&r.verdict()));
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(a: &str, error: Option<&str>, no_route: bool) -> AddressReport {
+        let mut r = blank_address(a.parse().unwrap(), "hs.example.org");
+        r.error = error.map(str::to_owned);
+        r.no_route = no_route;
+        r
+    }
+
+    fn ids(addrs: &[AddressReport], wk: &[WellKnownAddr]) -> Vec<(&'static str, Severity)> {
+        let mut out = Vec::new();
+        address_findings(addrs, &mut out);
+        untested_findings(addrs, wk, &mut out);
+        out.iter().map(|f| (f.id, f.severity)).collect()
+    }
+
+    const NO_ROUTE: &str = "connect: Network is unreachable (os error 101)";
+    const REFUSED: &str = "connect: Connection refused (os error 111)";
+
+    #[test]
+    fn ipv6_addresses_without_a_route_here_are_not_tested_not_unreachable() {
+        // IPv4 works, the IPv6 address cannot be tried from this machine.
+        let got = ids(
+            &[
+                addr("[2001:db8::1]:8448", Some(NO_ROUTE), true),
+                addr("203.0.113.1:8448", None, false),
+            ],
+            &[],
+        );
+        assert_eq!(got, [("ipv6_not_tested", Severity::Info)]);
+        // The same failure from a server that refuses is a finding about
+        // the server.
+        let got = ids(
+            &[
+                addr("[2001:db8::1]:8448", Some(REFUSED), false),
+                addr("203.0.113.1:8448", None, false),
+            ],
+            &[],
+        );
+        assert_eq!(got, [("ipv6_unreachable", Severity::Warning)]);
+        // An untested IPv6 address does not make a failing IPv4 one
+        // ipv4_unreachable: nothing is known to work.
+        let got = ids(
+            &[
+                addr("[2001:db8::1]:8448", Some(NO_ROUTE), true),
+                addr("203.0.113.1:8448", Some(REFUSED), false),
+            ],
+            &[],
+        );
+        assert_eq!(
+            got,
+            [
+                ("connect_failed", Severity::Error),
+                ("ipv6_not_tested", Severity::Info)
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_testable_from_here_is_not_a_pass() {
+        let got = ids(&[addr("[2001:db8::1]:8448", Some(NO_ROUTE), true)], &[]);
+        assert_eq!(got, [("ipv6_not_tested", Severity::Error)]);
+    }
+
+    #[test]
+    fn well_known_addresses_without_a_route_are_listed_and_not_split_brain() {
+        let wk = [
+            WellKnownAddr {
+                addr: "[2001:db8::1]:443".parse().unwrap(),
+                status: None,
+                m_server: None,
+                error: Some(NO_ROUTE.to_owned()),
+                no_route: true,
+            },
+            WellKnownAddr {
+                addr: "203.0.113.1:443".parse().unwrap(),
+                status: Some(200),
+                m_server: Some("hs.example.org".to_owned()),
+                error: None,
+                no_route: false,
+            },
+        ];
+        let mut out = Vec::new();
+        untested_findings(&[addr("203.0.113.5:8448", None, false)], &wk, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].evidence.contains("[2001:db8::1]:443 (.well-known)"),
+            "{}",
+            out[0].evidence
+        );
+    }
+
+    #[test]
+    fn ipv4_unreachable_mirrors_ipv6_unreachable() {
+        let got = ids(
+            &[
+                addr("[2001:db8::1]:8448", None, false),
+                addr("203.0.113.1:8448", Some(REFUSED), false),
+                addr(
+                    "203.0.113.2:8448",
+                    Some("connect: no answer within 10s"),
+                    false,
+                ),
+            ],
+            &[],
+        );
+        assert_eq!(
+            got,
+            [
+                ("ipv4_unreachable", Severity::Error),
+                ("ipv4_unreachable", Severity::Error)
+            ]
+        );
+        // One IPv4 address works: the failing one is an ordinary failure.
+        let got = ids(
+            &[
+                addr("[2001:db8::1]:8448", None, false),
+                addr("203.0.113.1:8448", Some(REFUSED), false),
+                addr("203.0.113.2:8448", None, false),
+            ],
+            &[],
+        );
+        assert_eq!(got, [("connect_failed", Severity::Warning)]);
+    }
+
+    #[test]
+    fn an_address_cut_short_by_the_time_limit_is_no_connection_failure() {
+        let mut a = addr("203.0.113.1:8448", Some("timeout: ..."), false);
+        a.unfinished = true;
+        assert_eq!(ids(&[a], &[]), []);
+    }
+
+    #[test]
+    fn first_difference_from_canonical_json() {
+        assert_eq!(first_difference(b"{\"a\":1}", b"{\"a\":1}"), None);
+        let d = first_difference(b"{\"a\": 1}", b"{\"a\":1}").unwrap();
+        assert!(d.contains("at byte 5:"), "{d}");
+        assert!(d.contains(r#"received "{\"a\": 1}""#), "{d}");
+        let d = first_difference(b"{\"a\":1}\n", b"{\"a\":1}").unwrap();
+        assert!(
+            d.contains("at byte 7:") && d.contains("canonical (end)"),
+            "{d}"
+        );
+        // Long bodies are cut around the difference.
+        let long = format!("{{\"k\":\"{}\", \"z\":1}}", "x".repeat(100));
+        let canon = format!("{{\"k\":\"{}\",\"z\":1}}", "x".repeat(100));
+        let d = first_difference(long.as_bytes(), canon.as_bytes()).unwrap();
+        assert!(d.contains("…") && d.len() < 200, "{d}");
+    }
 }

@@ -761,16 +761,29 @@ impl Lab {
         ))
     }
 
+    /// The check's options in the lab: every address is on 127.0.0.x, a
+    /// private network by design (so no `address_not_public`), and each
+    /// check is bounded by `timeout`.
+    pub fn check_options(timeout: Duration) -> CheckOptions {
+        CheckOptions {
+            private: true,
+            time_limit: Some(timeout),
+            ..CheckOptions::default()
+        }
+    }
+
     /// Check every scenario and compare with its truth.
     pub async fn run(&self, timeout: Duration) -> Result<Vec<(Outcome, Report)>, LabError> {
         let client = self.client(timeout)?;
+        let opts = Self::check_options(timeout);
         let mut futs = Vec::new();
         for s in &self.scenarios {
             let client = client.clone();
             let s = s.clone();
+            let opts = opts.clone();
             futs.push(async move {
                 let name = ServerName::parse(&s.server_name).map_err(e)?;
-                let report = check::check(&client, &name, &CheckOptions::default()).await;
+                let report = check::check(&client, &name, &opts).await;
                 Ok::<_, LabError>((judge(&s, &report), report))
             });
         }

@@ -212,9 +212,11 @@ pub enum Command {
     /// is not), the key server, the version endpoint, and the explicit-port
     /// Host probe that catches reverse proxies rejecting `Host: name:port`.
     /// Also fetches .well-known from every address of the name (split
-    /// brain), and /.well-known/matrix/client. Each finding says the rule
-    /// and the fix. Exit 0 when no finding is an error, 1 otherwise, 2 for
-    /// invalid input.
+    /// brain), /.well-known/matrix/client (and its base_url) and
+    /// /.well-known/matrix/support. Each finding says the rule and the fix.
+    /// When --timeout runs out, the report has what was learnt until then,
+    /// the finding check_timed_out and what was still pending. Exit 0 when
+    /// no finding is an error, 1 otherwise, 2 for invalid input.
     #[command(
         after_help = "Examples:\n  homeport check example.org\n  homeport check example.org --json\n  homeport check example.org --format federation-tester\n  homeport check example.org --signing-key me.signing.key --origin me.example --notary matrix.org\n\nFinding ids are documented in docs/report.md."
     )]
@@ -236,6 +238,10 @@ pub enum Command {
         /// Cross-check the keys with this notary.
         #[arg(long, value_name = "NAME")]
         notary: Option<String>,
+        /// A closed federation on a private network: do not report private
+        /// addresses (no `address_not_public` finding).
+        #[arg(long)]
+        private: bool,
         #[command(flatten)]
         net: NetOpts,
     },

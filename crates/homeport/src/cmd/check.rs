@@ -3,6 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use homeport_core::signing;
 use homeport_federation::Signer;
@@ -18,7 +19,16 @@ pub struct Args<'a> {
     pub signing_key: Option<&'a Path>,
     pub origin: Option<&'a str>,
     pub notary: Option<&'a str>,
+    pub private: bool,
     pub net: &'a NetOpts,
+}
+
+/// The check's own time limit: a little under the command's `--timeout`,
+/// so that the report of a check cut short is assembled and printed within
+/// it.
+fn time_limit(timeout: Duration) -> Duration {
+    let margin = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    timeout.saturating_sub(margin)
 }
 
 pub fn run(a: &Args<'_>) -> CliResult<ExitCode> {
@@ -47,7 +57,14 @@ pub fn run(a: &Args<'_>) -> CliResult<ExitCode> {
     if tty {
         eprint!("checking {name} ...\r");
     }
-    let opts = CheckOptions { signer, notary };
+    let opts = CheckOptions {
+        signer,
+        notary,
+        private: a.private,
+        time_limit: Some(time_limit(a.net.timeout)),
+    };
+    // The check stops itself at its time limit with what it has; the outer
+    // bound only guards against a step that ignores it.
     let report = rt.block_on(async {
         tokio::time::timeout(a.net.timeout, check::check(&client, &name, &opts)).await
     });
@@ -80,4 +97,23 @@ fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_stops_a_little_before_the_command() {
+        assert_eq!(time_limit(Duration::from_secs(30)), Duration::from_secs(29));
+        assert_eq!(
+            time_limit(Duration::from_secs(5)),
+            Duration::from_millis(4500)
+        );
+        assert_eq!(
+            time_limit(Duration::from_millis(500)),
+            Duration::from_millis(450)
+        );
+        assert_eq!(time_limit(Duration::from_millis(10)), Duration::ZERO);
+    }
 }

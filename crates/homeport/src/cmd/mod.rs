@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             signing_key,
             origin,
             notary,
+            private,
             net,
         } => check::run(&check::Args {
             name: &name,
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             signing_key: signing_key.as_deref(),
             origin: origin.as_deref(),
             notary: notary.as_deref(),
+            private,
             net: &net,
         }),
         Command::Keys {
