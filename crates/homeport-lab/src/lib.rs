@@ -29,8 +29,8 @@ use homeport_server::listen::{self, Listener};
 use homeport_server::metrics::Metrics;
 use homeport_server::routes::{self, AppState, Resources, WellKnownDocs};
 use homeport_test_support::{
-    DnsServer, Handler, HttpsServer, Recorded, Scripted, TestCa, TestCert, TlsSetup, Zone,
-    next_loopback, self_signed,
+    DnsServer, Handler, HttpsServer, IssueOpts, Recorded, Scripted, TestCa, TestCert, TlsSetup,
+    Zone, next_loopback, self_signed,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -713,6 +713,150 @@ impl Lab {
                 true,
                 vec!["srv_target_cname"],
                 "4",
+            );
+        }
+        // Mistake: a certificate 5 days from expiry (renewal is failing).
+        {
+            let cert =
+                b.ca.issue_with(
+                    &["soon.lab"],
+                    IssueOpts::valid_around_now(
+                        Duration::from_secs(60 * 86_400),
+                        Duration::from_secs(5 * 86_400 + 3600),
+                    ),
+                )
+                .map_err(e)?;
+            let target = b.homeport("soon.lab", &cert, DEF_PORT, None)?;
+            b.a("soon.lab", target);
+            b.add(
+                "mistake-cert-expires-soon",
+                "soon.lab".into(),
+                "mistake: the certificate expires in 5 days (renewal is failing)",
+                true,
+                vec!["cert_expires_soon"],
+                "6",
+            );
+        }
+        // 3.5 through a redirect: .well-known answers 302, then the document.
+        {
+            let cert = b.ca.issue(&["hs.redirect.lab"]).map_err(e)?;
+            let target = b.homeport("redirect.lab", &cert, DEF_PORT, None)?;
+            b.a("hs.redirect.lab", target);
+            let h = Handler::routes()
+                .route(
+                    "/.well-known/matrix/server",
+                    Scripted::redirect(302, "/.well-known/matrix/server.json"),
+                )
+                .route(
+                    "/.well-known/matrix/server.json",
+                    Scripted::json(json!({"m.server": "hs.redirect.lab"})),
+                );
+            let wk = b.scripted(
+                TlsSetup::Cert(b.ca.issue(&["redirect.lab"]).map_err(e)?),
+                WK_PORT,
+                h.into(),
+            )?;
+            b.a("redirect.lab", wk);
+            b.add(
+                "step3.5-redirected-well-known",
+                "redirect.lab".into(),
+                ".well-known answers with a redirect to the document",
+                true,
+                vec!["wellknown_redirected"],
+                "3.5",
+            );
+        }
+        // Mistake: .well-known asks to be cached for a week.
+        {
+            let cert = b.ca.issue(&["hs.cache-long.lab"]).map_err(e)?;
+            let target = b.homeport("cache-long.lab", &cert, DEF_PORT, None)?;
+            b.a("hs.cache-long.lab", target);
+            let wk = b.scripted(
+                TlsSetup::Cert(b.ca.issue(&["cache-long.lab"]).map_err(e)?),
+                WK_PORT,
+                Handler::routes()
+                    .route(
+                        "/.well-known/matrix/server",
+                        Scripted::json(json!({"m.server": "hs.cache-long.lab"}))
+                            .header("cache-control", "max-age=604800"),
+                    )
+                    .into(),
+            )?;
+            b.a("cache-long.lab", wk);
+            b.add(
+                "mistake-well-known-cached-for-a-week",
+                "cache-long.lab".into(),
+                "mistake: .well-known asks to be cached for a week (peers cap it at 48 hours)",
+                true,
+                vec!["wellknown_cache_long"],
+                "3.5",
+            );
+        }
+        // 3.2 with an SRV record beside it that the port makes irrelevant.
+        {
+            let port = 18509;
+            let cert = b.ca.issue(&["hs.srv-port.lab"]).map_err(e)?;
+            let target = b.homeport("srv-port.lab", &cert, port, None)?;
+            b.a("hs.srv-port.lab", target);
+            b.zone = std::mem::take(&mut b.zone).srv(
+                "_matrix-fed._tcp.hs.srv-port.lab",
+                10,
+                5,
+                DEF_PORT,
+                "hs.srv-port.lab",
+            );
+            let wk = b.scripted(
+                TlsSetup::Cert(b.ca.issue(&["srv-port.lab"]).map_err(e)?),
+                WK_PORT,
+                wk_only(&format!("hs.srv-port.lab:{port}")),
+            )?;
+            b.a("srv-port.lab", wk);
+            b.add(
+                "step3.2-port-beside-srv",
+                "srv-port.lab".into(),
+                "m.server has a port, and an SRV record for the delegated name is never used",
+                true,
+                vec!["wellknown_explicit_port", "srv_ignored_due_to_port"],
+                "3.2",
+            );
+        }
+        // Mistakes in client discovery: base_url names the federation-only
+        // listener, and the support document's contact has no role.
+        {
+            let cert = b.ca.issue(&["hs.client.lab"]).map_err(e)?;
+            let target = b.homeport("client.lab", &cert, DEF_PORT, None)?;
+            b.a("hs.client.lab", target);
+            let h = Handler::routes()
+                .route(
+                    "/.well-known/matrix/server",
+                    Scripted::json(json!({"m.server": "hs.client.lab"})),
+                )
+                .route(
+                    "/.well-known/matrix/client",
+                    Scripted::json(json!({"m.homeserver": {
+                        "base_url": format!("https://hs.client.lab:{DEF_PORT}")
+                    }}))
+                    .header("access-control-allow-origin", "*"),
+                )
+                .route(
+                    "/.well-known/matrix/support",
+                    Scripted::json(json!({"contacts": [
+                        {"email_address": "admin@client.lab"}
+                    ]})),
+                );
+            let wk = b.scripted(
+                TlsSetup::Cert(b.ca.issue(&["client.lab"]).map_err(e)?),
+                WK_PORT,
+                h.into(),
+            )?;
+            b.a("client.lab", wk);
+            b.add(
+                "mistake-client-discovery",
+                "client.lab".into(),
+                "mistake: base_url points at the federation listener (no /_matrix/client), and the support contact has no role",
+                true,
+                vec!["client_base_url_unreachable", "support_wellknown_invalid"],
+                "3.5",
             );
         }
 

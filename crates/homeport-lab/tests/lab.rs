@@ -138,6 +138,36 @@ fn every_scenario_matches_its_known_truth_with_exact_findings() {
             true,
             &["srv_target_cname", "wellknown_unreachable"],
         ),
+        (
+            "mistake-cert-expires-soon",
+            "6",
+            true,
+            &["cert_expires_soon", "wellknown_unreachable"],
+        ),
+        (
+            "step3.5-redirected-well-known",
+            "3.5",
+            true,
+            &["wellknown_redirected"],
+        ),
+        (
+            "mistake-well-known-cached-for-a-week",
+            "3.5",
+            true,
+            &["wellknown_cache_long"],
+        ),
+        (
+            "step3.2-port-beside-srv",
+            "3.2",
+            true,
+            &["srv_ignored_due_to_port", "wellknown_explicit_port"],
+        ),
+        (
+            "mistake-client-discovery",
+            "3.5",
+            true,
+            &["client_base_url_unreachable", "support_wellknown_invalid"],
+        ),
     ];
     let ran = ran();
     for (id, step, ok, findings) in expected {
