@@ -48,12 +48,28 @@ fn lab() -> &'static Info {
                 let std::net::IpAddr::V4(ip) = srv.addr().ip() else { panic!("v4") };
                 lab.dns.zone().update(|z| z.a("auth.lab", ip)).unwrap();
                 let _srv = srv;
+                // An extra domain whose key server never answers in time.
+                let slow = homeport_test_support::HttpsServer::start_on_any_loopback(
+                    homeport_lab::DEF_PORT,
+                    homeport_test_support::TlsSetup::Cert(lab.ca.issue(&["slow.lab"]).unwrap()),
+                    homeport_test_support::Handler::routes().route(
+                        "/_matrix/key/v2/server",
+                        homeport_test_support::Scripted::delay(
+                            Duration::from_secs(120),
+                            homeport_test_support::Scripted::not_found(),
+                        ),
+                    ),
+                )
+                .unwrap();
+                let std::net::IpAddr::V4(ip) = slow.addr().ip() else { panic!("v4") };
+                lab.dns.zone().update(|z| z.a("slow.lab", ip)).unwrap();
                 let dir = tempfile::tempdir().unwrap();
                 let ca = dir.path().join("ca.crt");
                 std::fs::copy(&lab.ca_file, &ca).unwrap();
                 tx.send((lab.dns.addr().to_string(), ca.display().to_string(), dir)).unwrap();
                 let _keep = lab;
                 let _keep_srv = _srv;
+                let _keep_slow = slow;
                 std::future::pending::<()>().await;
             });
         });
@@ -63,6 +79,10 @@ fn lab() -> &'static Info {
 }
 
 fn check(args: &[&str]) -> Output {
+    check_within(args, "20s")
+}
+
+fn check_within(args: &[&str], timeout: &str) -> Output {
     let l = lab();
     Command::new(env!("CARGO_BIN_EXE_homeport"))
         .arg("check")
@@ -74,7 +94,7 @@ fn check(args: &[&str]) -> Output {
             &l.ca,
             "--no-system-roots",
             "--timeout",
-            "20s",
+            timeout,
         ])
         .args([
             "--well-known-port",
@@ -199,4 +219,90 @@ fn signed_probe_and_notary_options_run() {
     );
     let o = check(&["plain.lab", "--signing-key", key.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "--signing-key requires --origin");
+}
+
+fn finding_ids(v: &serde_json::Value) -> Vec<String> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn loopback_addresses_are_reported_as_not_public_unless_private() {
+    let o = check(&["wk-srv.lab", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a warning does not fail the check"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "address_not_public")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(f["severity"], "warning");
+    assert!(
+        f["evidence"].as_str().unwrap().contains("127.0.0.0/8"),
+        "{f}"
+    );
+
+    let o = check(&["wk-srv.lab", "--json", "--private"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        !finding_ids(&v).iter().any(|i| i == "address_not_public"),
+        "{v:#}"
+    );
+    // The report's new fields.
+    assert!(v["pending"].as_array().unwrap().is_empty(), "{v:#}");
+    assert!(v.get("support_well_known").is_some());
+    assert_eq!(v["addresses"][0]["keys"]["verify_keys"][0][1], "valid");
+    assert!(v["addresses"][0]["certificate"]["chain"][0]["not_before"].is_i64());
+}
+
+#[test]
+fn the_timeout_ends_the_check_with_a_partial_report_and_exit_1() {
+    let o = check_within(&["slow.lab", "--json", "--private"], "3s");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("error:"),
+        "a report, not an error: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["findings"][0]["id"], "check_timed_out", "{v:#}");
+    let pending: Vec<&str> = v["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        pending
+            .iter()
+            .any(|p| p.starts_with("address ") && p.ends_with(": keys")),
+        "{pending:?}"
+    );
+    // What was learnt before the time ran out: discovery, TLS, the
+    // certificate.
+    assert_eq!(v["resolution"]["step"], "6");
+    let a = &v["addresses"][0];
+    assert_eq!(a["certificate"]["valid"], true, "{a}");
+    assert!(a["error"].as_str().unwrap().starts_with("timeout: "), "{a}");
+
+    // The human rendering says what was pending, too.
+    let o = check_within(&["slow.lab", "--private"], "3s");
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("check_timed_out"), "{text}");
+    assert!(
+        text.contains("Not finished when the time limit ran out"),
+        "{text}"
+    );
 }
