@@ -114,6 +114,12 @@ fn serve_tester_checks_the_lab() {
     let (s, body) = get(addr, "/api/v1/check?server_name=srv-cert.lab");
     assert_eq!(s, 200);
     assert!(body.contains("cert_valid_only_for_srv_target"), "{body}");
+    // The lab's addresses are in ip_range_whitelist: private on purpose, so
+    // not reported as address_not_public.
+    let (s, body) = get(addr, "/api/v1/check?server_name=wk-srv.lab");
+    assert_eq!(s, 200);
+    assert!(body.contains("\"findings\""), "{body}");
+    assert!(!body.contains("address_not_public"), "{body}");
     let (s, page) = get(addr, "/");
     assert_eq!(s, 200);
     assert!(page.contains("homeport federation tester"));
