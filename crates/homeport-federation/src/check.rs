@@ -2256,20 +2256,73 @@ async fn notary_cross_check(
         }
     };
     let keys: Vec<_> = nk.keys.iter().map(|k| (k.key_id.clone(), k.key)).collect();
-    let direct: Vec<String> = addrs
+    // What the server publishes itself, every address together: key id and
+    // public key (when it is one).
+    let mut direct: Vec<(String, Option<ed25519_dalek::VerifyingKey>)> = Vec::new();
+    for raw in addrs
         .iter()
         .filter_map(|a| a.keys.as_ref())
-        .flat_map(|k| k.verify_keys.iter().map(|(id, _)| id.clone()))
-        .collect();
+        .filter_map(|k| k.raw.as_ref())
+    {
+        let Some(vk) = raw.get("verify_keys").and_then(Value::as_object) else {
+            continue;
+        };
+        for (id, entry) in vk {
+            let key = entry
+                .get("key")
+                .and_then(Value::as_str)
+                .and_then(|t| homeport_core::signing::verifying_key_from_base64(t).ok());
+            if !direct.iter().any(|(d, k)| d == id && *k == key) {
+                direct.push((id.clone(), key));
+            }
+        }
+    }
     match fetcher
         .query_notary(notary, &keys, &[(name.clone(), Vec::new())], now_ms())
         .await
     {
         Ok(entries) => match entries.into_iter().next().map(|e| e.result) {
             Some(Ok(f)) => {
-                let via: Vec<String> = f.keys.iter().map(|k| k.key_id.to_string()).collect();
-                if !direct.is_empty() && !via.iter().all(|v| direct.contains(v)) {
-                    out.push(finding("key_notary_mismatch", Severity::Warning, S_KEYS, format!("notary {notary} reports {via:?}, the server itself {direct:?}"), "If you rotated keys, keep the old one in old_verify_keys; notaries cache responses"));
+                let b64 =
+                    |k: &ed25519_dalek::VerifyingKey| homeport_core::base64::encode(k.as_bytes());
+                let via: Vec<(String, ed25519_dalek::VerifyingKey)> = f
+                    .keys
+                    .iter()
+                    .map(|k| (k.key_id.to_string(), k.key))
+                    .collect();
+                // Another public key under an id the server uses: someone
+                // else's key in its name, or a reused key id.
+                let conflicts: Vec<String> = via
+                    .iter()
+                    .filter_map(|(id, key)| {
+                        direct
+                            .iter()
+                            .find(|(d, dk)| d == id && dk.is_some_and(|dk| dk != *key))
+                            .and_then(|(_, dk)| dk.as_ref())
+                            .map(|dk| {
+                                format!(
+                                    "{id}: the notary reports {}, the server publishes {}",
+                                    b64(key),
+                                    b64(dk)
+                                )
+                            })
+                    })
+                    .collect();
+                let via_ids: Vec<&str> = via.iter().map(|(id, _)| id.as_str()).collect();
+                let direct_ids: Vec<&str> = direct.iter().map(|(id, _)| id.as_str()).collect();
+                if !conflicts.is_empty() {
+                    out.push(finding(
+                        "key_notary_mismatch",
+                        Severity::Error,
+                        S_KEYS,
+                        format!("notary {notary}: {}", conflicts.join("; ")),
+                        "Never reuse a key id for a new key (homeport keygen picks a new version). An unexplained different key is a security matter: check DNS and TLS interception between the notary and the server",
+                    ));
+                } else if !direct.is_empty()
+                    && (!via_ids.iter().all(|v| direct_ids.contains(v))
+                        || !direct_ids.iter().all(|d| via_ids.contains(d)))
+                {
+                    out.push(finding("key_notary_mismatch", Severity::Warning, S_KEYS, format!("notary {notary} reports {via_ids:?}, the server itself {direct_ids:?}"), "If you rotated keys, keep the old one in old_verify_keys; notaries cache responses, so wait for the notary's cache to expire"));
                 }
             }
             Some(Err(e)) => out.push(finding(

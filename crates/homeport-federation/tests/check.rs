@@ -734,3 +734,93 @@ fn verify_keys_and_the_new_fields_are_in_the_json() {
     assert!(v["addresses"][0]["certificate"]["chain"][0]["not_before"].is_i64());
     let _: &Value = &v;
 }
+
+// ---------------------------------------------------------------- the notary
+
+/// A notary on its own address that vouches for whatever `doc` returns
+/// (signed by the notary), with its own keys at `/_matrix/key/v2/server`.
+fn notary_peer(
+    net: &Net,
+    doc: impl Fn() -> Value + Send + Sync + 'static,
+) -> (HttpsServer, String) {
+    let p = peer(
+        net.ca.issue(&["notary.test"]).unwrap(),
+        Scripted::not_found(),
+    );
+    let nname = format!("notary.test:{}", p.addr().port());
+    let nkey = SigningKey::generate("a_notary").unwrap();
+    let own = key_doc(&nname, &nkey, DAY);
+    let n2 = nname.clone();
+    p.set_handler(Handler::new(move |r| match r.path() {
+        "/_matrix/key/v2/server" => Scripted::json(own.clone()),
+        "/_matrix/key/v2/query" => {
+            let mut d = doc();
+            homeport_core::signing::sign_json(&mut d, &n2, &nkey).unwrap();
+            Scripted::json(json!({ "server_keys": [d] }))
+        }
+        _ => Scripted::not_found(),
+    }));
+    let ip = ip_of(&p);
+    net.dns
+        .zone()
+        .update(move |z| z.a("notary.test", ip))
+        .unwrap();
+    (p, nname)
+}
+
+#[test]
+fn a_notary_with_another_key_under_the_same_id_is_an_error() {
+    let net = Net::new(Handler::routes().into());
+    let s = peer(
+        net.ca.issue(&["origin.test"]).unwrap(),
+        Scripted::not_found(),
+    );
+    let name = format!("origin.test:{}", s.addr().port());
+    let key = SigningKey::generate("a_1").unwrap();
+    s.set_handler(key_server(key_doc(&name, &key, DAY)));
+    let ip = ip_of(&s);
+    net.dns
+        .zone()
+        .update(move |z| z.a("origin.test", ip))
+        .unwrap();
+    let with_notary = |doc: Value| {
+        let (_n, nname) = notary_peer(&net, move || doc.clone());
+        let opts = CheckOptions {
+            notary: Some(common::name(&nname)),
+            ..private()
+        };
+        run(&net, &name, &opts)
+    };
+
+    // The same key: nothing to say.
+    let r = with_notary(key_doc(&name, &key, DAY));
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+
+    // Someone else's key under the server's key id.
+    let impostor = SigningKey::generate("a_1").unwrap();
+    let r = with_notary(key_doc(&name, &impostor, DAY));
+    let f = get(&r, "key_notary_mismatch");
+    assert_eq!(f.severity, Severity::Error);
+    assert!(
+        f.evidence.contains("ed25519:a_1")
+            && f.evidence.contains(&impostor.public_key_base64())
+            && f.evidence.contains(&key.public_key_base64()),
+        "{}",
+        f.evidence
+    );
+    assert!(!r.ok);
+
+    // A notary still serving the keys from before a rotation.
+    let older = SigningKey::generate("a_0").unwrap();
+    let r = with_notary(key_doc(&name, &older, DAY));
+    assert_eq!(get(&r, "key_notary_mismatch").severity, Severity::Warning);
+    assert!(r.ok);
+
+    // A notary that cannot be reached at all.
+    let opts = CheckOptions {
+        notary: Some(common::name("gone.test:1")),
+        ..private()
+    };
+    let r = run(&net, &name, &opts);
+    assert_eq!(get(&r, "notary_unreachable").severity, Severity::Warning);
+}
