@@ -784,7 +784,7 @@ impl Lab {
             )?;
             b.a("cache-long.lab", wk);
             b.add(
-                "mistake-well-known-cached-for-a-week",
+                "mistake-well-known-cache-week",
                 "cache-long.lab".into(),
                 "mistake: .well-known asks to be cached for a week (peers cap it at 48 hours)",
                 true,

@@ -151,7 +151,7 @@ fn every_scenario_matches_its_known_truth_with_exact_findings() {
             &["wellknown_redirected"],
         ),
         (
-            "mistake-well-known-cached-for-a-week",
+            "mistake-well-known-cache-week",
             "3.5",
             true,
             &["wellknown_cache_long"],
