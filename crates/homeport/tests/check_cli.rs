@@ -267,7 +267,7 @@ fn loopback_addresses_are_reported_as_not_public_unless_private() {
 
 #[test]
 fn the_timeout_ends_the_check_with_a_partial_report_and_exit_1() {
-    let o = check_within(&["slow.lab", "--json", "--private"], "3s");
+    let o = check_within(&["slow.lab", "--json", "--private"], "5s");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
@@ -297,7 +297,7 @@ fn the_timeout_ends_the_check_with_a_partial_report_and_exit_1() {
     assert!(a["error"].as_str().unwrap().starts_with("timeout: "), "{a}");
 
     // The human rendering says what was pending, too.
-    let o = check_within(&["slow.lab", "--private"], "3s");
+    let o = check_within(&["slow.lab", "--private"], "5s");
     assert_eq!(o.status.code(), Some(1));
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.contains("check_timed_out"), "{text}");
