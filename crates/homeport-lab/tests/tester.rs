@@ -677,3 +677,72 @@ fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
     assert!(why.contains("; on a new connection: "), "{hp}");
     assert!(hp["prescribed_error"].is_null(), "{hp}");
 }
+
+/// A server slower than the tester's deadline: the API still answers 200
+/// with the report so far (check_timed_out, what was pending), not a 504,
+/// and the compatible schema says federation is not OK.
+#[test]
+fn a_check_past_the_deadline_answers_with_the_report_so_far() {
+    let e = env();
+    let name = "slowtester.lab";
+    let server = HttpsServer::start_on_any_loopback(
+        homeport_lab::DEF_PORT,
+        TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+        homeport_test_support::Handler::routes().fallback(Scripted::delay(
+            Duration::from_secs(120),
+            Scripted::not_found(),
+        )),
+    )
+    .unwrap();
+    let std::net::IpAddr::V4(ip) = server.addr().ip() else {
+        panic!()
+    };
+    e.lab.dns.zone().update(move |z| z.a(name, ip)).unwrap();
+    // Seconds of headroom for connect and TLS on loopback on a busy machine.
+    let t = tester(
+        TesterLimits {
+            deadline: Duration::from_secs(5),
+            ..open()
+        },
+        true,
+    );
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        &format!("/api/v1/check?server_name={name}"),
+        "198.51.100.21",
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let v = json(&b);
+    assert_eq!(v["ok"], false, "{v}");
+    let ids: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"check_timed_out"), "{ids:?}");
+    let pending: Vec<&str> = v["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(
+        pending
+            .iter()
+            .any(|p| p.starts_with(&format!("address {}:", server.addr()))),
+        "{pending:?}"
+    );
+    // What was learnt before the deadline is kept: the TLS handshake.
+    assert!(v["addresses"][0]["tls"].is_object(), "{v}");
+    // The same report, cached, in the compatible schema.
+    let (s, _, b) = call(
+        &t,
+        "GET",
+        &format!("/api/report?server_name={name}"),
+        "198.51.100.21",
+    );
+    assert_eq!(s, 200);
+    assert_eq!(json(&b)["FederationOK"], false);
+}

@@ -15,6 +15,11 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 
+/// The most one monitored check may take; a server that does not answer
+/// within it is reported as broken (check_timed_out) with what was learnt,
+/// and the round goes on to the next server.
+pub const CHECK_LIMIT: Duration = Duration::from_secs(60);
+
 /// What one round found for one server.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -171,7 +176,11 @@ impl Monitor {
         let mut changes = Vec::new();
         for name in self.servers.clone() {
             let start = Instant::now();
-            let report = check::check(&self.client, &name, &CheckOptions::default()).await;
+            let opts = CheckOptions {
+                time_limit: Some(CHECK_LIMIT),
+                ..CheckOptions::default()
+            };
+            let report = check::check(&self.client, &name, &opts).await;
             let s = sample(&report, start.elapsed());
             export(&self.metrics, name.as_str(), &s);
             let prev = self.last.insert(name.as_str().to_owned(), s.ok);

@@ -63,7 +63,7 @@ pub fn monitor_task(
     if cfg.monitor.servers.is_empty() {
         return Ok(None);
     }
-    let client = checking_client(cfg, Duration::from_secs(60))?;
+    let client = checking_client(cfg, crate::monitor::CHECK_LIMIT)?;
     let notify: Option<Arc<dyn Notify>> = match &cfg.monitor.webhook {
         None => None,
         Some(url) => Some(Arc::new(Webhook::new(url).map_err(ServeError::Setup)?)),
