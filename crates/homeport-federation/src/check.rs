@@ -879,19 +879,23 @@ async fn srv_lookup_findings(client: &FederationClient, r: &Resolution, out: &mu
     let Ok(d) = &wk.result else {
         return;
     };
-    // SRV records of the server name itself are ignored now.
-    let q = format!(
-        "_matrix-fed._tcp.{}",
-        r.server_name.host_str().to_ascii_lowercase()
-    );
-    if srv_records(client, &q).await.is_some() {
-        out.push(finding(
-            "srv_ignored_due_to_wellknown",
-            Severity::Info,
-            "Server-Server API: SRV records are looked up only for the delegated name",
-            format!("{q} exists, but .well-known delegates to {d}, so it is never used"),
-            "Remove the record, or put the SRV record on the delegated name instead",
-        ));
+    // SRV records of the server name itself (either form) are ignored now.
+    let host = r.server_name.host_str().to_ascii_lowercase();
+    for prefix in ["_matrix-fed._tcp.", "_matrix._tcp."] {
+        let q = format!("{prefix}{host}");
+        if let Some(records) = srv_records(client, &q).await {
+            out.push(finding(
+                "srv_ignored_due_to_wellknown",
+                Severity::Info,
+                "Server-Server API: SRV records are looked up only for the delegated name",
+                format!(
+                    "{q} ({}) exists, but .well-known delegates to {d}, so it is never used",
+                    records.join(", ")
+                ),
+                "Remove the record, or put the SRV record on the delegated name instead",
+            ));
+            break;
+        }
     }
     // m.server with a port (step 3.2): the delegated name's SRV records are
     // never looked up either.
@@ -1643,15 +1647,16 @@ fn address_findings(addrs: &[AddressReport], out: &mut Vec<Finding>) {
                         "Nothing breaks: verifiers re-encode before checking. Something re-serialised the body on the way (a proxy or a framework); worth knowing if key_signature_invalid also appears",
                     ));
                 }
-                if k.content_type
-                    .as_deref()
-                    .is_some_and(|c| !c.starts_with("application/json"))
+                if let Some(ct) = &k.content_type
+                    && !ct.to_ascii_lowercase().starts_with("application/json")
                 {
                     out.push(finding(
                         "key_content_type",
                         Severity::Warning,
                         S_KEYS,
-                        format!("{at}: Content-Type {:?}", k.content_type),
+                        format!(
+                            "{at}: GET /_matrix/key/v2/server answered with Content-Type: {ct}"
+                        ),
                         "Serve application/json",
                     ));
                 }
@@ -1692,12 +1697,20 @@ fn address_findings(addrs: &[AddressReport], out: &mut Vec<Finding>) {
                     &proxy_fix(&h.alternative),
                 ));
             } else if h.differs && p_ok && !a_ok {
+                // Only the prescribed form works: fine today, fragile when
+                // the delegation changes which form peers send.
+                let prescribed_has_port =
+                    h.prescribed.contains(':') && !h.prescribed.ends_with(']');
                 out.push(finding(
                     "host_port_rejected_by_proxy",
                     Severity::Warning,
                     "Server-Server API: Host carries a port only when the name or m.server has one",
                     format!("{at}: Host: {} works, Host: {} does not", h.prescribed, h.alternative),
-                    "Fine today; if you ever add a port to m.server, make the proxy accept Host with the port first",
+                    if prescribed_has_port {
+                        "Fine today; if you ever drop the port from m.server (or move to SRV or 8448), make the proxy accept Host without the port first"
+                    } else {
+                        "Fine today; if you ever add a port to m.server, make the proxy accept Host with the port first"
+                    },
                 ));
             }
         }

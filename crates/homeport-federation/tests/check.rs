@@ -199,6 +199,90 @@ fn key_response_not_in_canonical_form_is_reported_with_the_first_difference() {
 }
 
 #[test]
+fn key_content_type_is_compared_without_case_and_quoted_plainly() {
+    let net = Net::new(Handler::routes().into());
+    let s = peer(
+        net.ca.issue(&["ctype.test"]).unwrap(),
+        Scripted::not_found(),
+    );
+    let name = format!("ctype.test:{}", s.addr().port());
+    let key = SigningKey::generate("a_1").unwrap();
+    let body = homeport_core::canonical_json::to_canonical_vec(
+        &key_doc(&name, &key, DAY),
+        homeport_core::canonical_json::Mode::Strict,
+    )
+    .unwrap();
+    let serve = |ct: &str| {
+        s.set_handler(
+            Handler::routes()
+                .route(
+                    "/_matrix/key/v2/server",
+                    Scripted::bytes(200, body.clone()).header("content-type", ct),
+                )
+                .route(
+                    "/_matrix/federation/v1/version",
+                    Scripted::json(json!({"server": {"name": "c", "version": "1"}})),
+                ),
+        );
+    };
+    let ip = ip_of(&s);
+    net.dns
+        .zone()
+        .update(move |z| z.a("ctype.test", ip))
+        .unwrap();
+
+    serve("Application/JSON; charset=utf-8");
+    let r = run(&net, &name, &private());
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+
+    serve("text/plain");
+    let r = run(&net, &name, &private());
+    let f = get(&r, "key_content_type");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(
+        f.evidence
+            .ends_with("answered with Content-Type: text/plain"),
+        "{}",
+        f.evidence
+    );
+}
+
+/// A proxy that answers only the Host form peers send today: a warning
+/// whose fix names the change that would break it.
+#[test]
+fn host_probe_warning_names_the_change_that_would_break_the_proxy() {
+    let net = Net::new(Handler::routes().into());
+    let key = SigningKey::generate("a_1").unwrap();
+    let s = peer(
+        net.ca.issue(&["portonly.test"]).unwrap(),
+        Scripted::not_found(),
+    );
+    let name = format!("portonly.test:{}", s.addr().port());
+    s.set_handler(
+        Handler::routes()
+            .route_host(
+                &name,
+                "/_matrix/key/v2/server",
+                Scripted::json(key_doc(&name, &key, DAY)),
+            )
+            .route(
+                "/_matrix/federation/v1/version",
+                Scripted::json(json!({"server": {"name": "p", "version": "1"}})),
+            ),
+    );
+    let ip = ip_of(&s);
+    net.dns
+        .zone()
+        .update(move |z| z.a("portonly.test", ip))
+        .unwrap();
+    let r = run(&net, &name, &private());
+    let f = get(&r, "host_port_rejected_by_proxy");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.fix.contains("drop the port"), "{}", f.fix);
+    assert!(r.ok);
+}
+
+#[test]
 fn verify_keys_status_is_a_snake_case_word_and_the_reason_a_problem() {
     let net = Net::new(Handler::routes().into());
     let s = peer(
@@ -358,6 +442,52 @@ fn srv_record_of_a_delegated_name_with_a_port_is_reported_as_ignored() {
             .contains("_matrix._tcp.hs.test"),
         "{:?}",
         r.findings
+    );
+}
+
+#[test]
+fn srv_records_of_a_delegating_name_are_reported_as_ignored_in_either_form() {
+    let net = Net::new(Handler::routes().into());
+    let target = delegated_target(&net);
+    let m = format!("hs.test:{}", target.addr().port());
+    net.wk
+        .set_handler(Handler::routes().route("/.well-known/matrix/server", wk_json(&m)));
+    let r = run(&net, "example.test", &private());
+    assert!(
+        !ids(&r).contains(&"srv_ignored_due_to_wellknown"),
+        "{:?}",
+        r.findings
+    );
+    // Only the deprecated form, on the server name itself.
+    net.dns
+        .zone()
+        .update(|z| z.srv("_matrix._tcp.example.test", 10, 5, 8448, "old.test"))
+        .unwrap();
+    let r = run(&net, "example.test", &private());
+    let f = get(&r, "srv_ignored_due_to_wellknown");
+    assert_eq!(f.severity, Severity::Info);
+    assert!(
+        f.evidence
+            .contains("_matrix._tcp.example.test (10 5 8448 old.test")
+            && f.evidence.contains(&m),
+        "{}",
+        f.evidence
+    );
+    // Both forms: reported once, for the current one.
+    net.dns
+        .zone()
+        .update(|z| z.srv("_matrix-fed._tcp.example.test", 10, 5, 8448, "new.test"))
+        .unwrap();
+    let r = run(&net, "example.test", &private());
+    let all: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| f.id == "srv_ignored_due_to_wellknown")
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(
+        all[0].evidence.starts_with("_matrix-fed._tcp.example.test"),
+        "{all:?}"
     );
 }
 
