@@ -49,10 +49,17 @@ fn get<'a>(r: &'a Report, id: &str) -> &'a Finding {
 /// A key server for `host:port` on a fresh loopback address with `cert`;
 /// `host` resolves to it. Returns the server and the server name.
 fn keyed_peer(net: &Net, host: &str, cert: TestCert) -> (HttpsServer, String) {
-    let s = peer(cert, Scripted::not_found());
-    let name = format!("{host}:{}", s.addr().port());
+    let (s, name) = named_peer(net, host, cert);
     let key = SigningKey::generate("a_1").unwrap();
     s.set_handler(key_server(key_doc(&name, &key, DAY)));
+    (s, name)
+}
+
+/// A server answering 404 on a fresh loopback address with `cert`; `host`
+/// resolves to it. Returns the server and the server name `host:port`.
+fn named_peer(net: &Net, host: &str, cert: TestCert) -> (HttpsServer, String) {
+    let s = peer(cert, Scripted::not_found());
+    let name = format!("{host}:{}", s.addr().port());
     let (h, ip) = (host.to_owned(), ip_of(&s));
     net.dns.zone().update(move |z| z.a(&h, ip)).unwrap();
     (s, name)
@@ -154,30 +161,16 @@ fn certificate_not_yet_valid_is_its_own_finding_not_untrusted_or_expired() {
 #[test]
 fn key_response_not_in_canonical_form_is_reported_with_the_first_difference() {
     let net = Net::new(Handler::routes().into());
-    let s = peer(
-        net.ca.issue(&["pretty.test"]).unwrap(),
-        Scripted::not_found(),
-    );
-    let name = format!("pretty.test:{}", s.addr().port());
+    let (s, name) = named_peer(&net, "pretty.test", net.ca.issue(&["pretty.test"]).unwrap());
     let key = SigningKey::generate("a_1").unwrap();
     let doc = key_doc(&name, &key, DAY);
-    s.set_handler(
-        Handler::routes()
-            .route(
-                "/_matrix/key/v2/server",
-                Scripted::bytes(200, serde_json::to_vec_pretty(&doc).unwrap())
-                    .header("content-type", "application/json"),
-            )
-            .route(
-                "/_matrix/federation/v1/version",
-                Scripted::json(json!({"server": {"name": "p", "version": "1"}})),
-            ),
-    );
-    let ip = ip_of(&s);
-    net.dns
-        .zone()
-        .update(move |z| z.a("pretty.test", ip))
-        .unwrap();
+    s.set_handler(with_version(
+        Handler::routes().route(
+            "/_matrix/key/v2/server",
+            Scripted::bytes(200, serde_json::to_vec_pretty(&doc).unwrap())
+                .header("content-type", "application/json"),
+        ),
+    ));
     let r = run(&net, &name, &private());
     assert_eq!(ids(&r), ["key_not_canonical"], "{:?}", r.findings);
     let f = get(&r, "key_not_canonical");
@@ -201,11 +194,7 @@ fn key_response_not_in_canonical_form_is_reported_with_the_first_difference() {
 #[test]
 fn key_content_type_is_compared_without_case_and_quoted_plainly() {
     let net = Net::new(Handler::routes().into());
-    let s = peer(
-        net.ca.issue(&["ctype.test"]).unwrap(),
-        Scripted::not_found(),
-    );
-    let name = format!("ctype.test:{}", s.addr().port());
+    let (s, name) = named_peer(&net, "ctype.test", net.ca.issue(&["ctype.test"]).unwrap());
     let key = SigningKey::generate("a_1").unwrap();
     let body = homeport_core::canonical_json::to_canonical_vec(
         &key_doc(&name, &key, DAY),
@@ -213,23 +202,11 @@ fn key_content_type_is_compared_without_case_and_quoted_plainly() {
     )
     .unwrap();
     let serve = |ct: &str| {
-        s.set_handler(
-            Handler::routes()
-                .route(
-                    "/_matrix/key/v2/server",
-                    Scripted::bytes(200, body.clone()).header("content-type", ct),
-                )
-                .route(
-                    "/_matrix/federation/v1/version",
-                    Scripted::json(json!({"server": {"name": "c", "version": "1"}})),
-                ),
-        );
+        s.set_handler(with_version(Handler::routes().route(
+            "/_matrix/key/v2/server",
+            Scripted::bytes(200, body.clone()).header("content-type", ct),
+        )));
     };
-    let ip = ip_of(&s);
-    net.dns
-        .zone()
-        .update(move |z| z.a("ctype.test", ip))
-        .unwrap();
 
     serve("Application/JSON; charset=utf-8");
     let r = run(&net, &name, &private());
@@ -253,28 +230,16 @@ fn key_content_type_is_compared_without_case_and_quoted_plainly() {
 fn host_probe_warning_names_the_change_that_would_break_the_proxy() {
     let net = Net::new(Handler::routes().into());
     let key = SigningKey::generate("a_1").unwrap();
-    let s = peer(
+    let (s, name) = named_peer(
+        &net,
+        "portonly.test",
         net.ca.issue(&["portonly.test"]).unwrap(),
-        Scripted::not_found(),
     );
-    let name = format!("portonly.test:{}", s.addr().port());
-    s.set_handler(
-        Handler::routes()
-            .route_host(
-                &name,
-                "/_matrix/key/v2/server",
-                Scripted::json(key_doc(&name, &key, DAY)),
-            )
-            .route(
-                "/_matrix/federation/v1/version",
-                Scripted::json(json!({"server": {"name": "p", "version": "1"}})),
-            ),
-    );
-    let ip = ip_of(&s);
-    net.dns
-        .zone()
-        .update(move |z| z.a("portonly.test", ip))
-        .unwrap();
+    s.set_handler(with_version(Handler::routes().route_host(
+        &name,
+        "/_matrix/key/v2/server",
+        Scripted::json(key_doc(&name, &key, DAY)),
+    )));
     let r = run(&net, &name, &private());
     let f = get(&r, "host_port_rejected_by_proxy");
     assert_eq!(f.severity, Severity::Warning);
@@ -285,20 +250,11 @@ fn host_probe_warning_names_the_change_that_would_break_the_proxy() {
 #[test]
 fn verify_keys_status_is_a_snake_case_word_and_the_reason_a_problem() {
     let net = Net::new(Handler::routes().into());
-    let s = peer(
-        net.ca.issue(&["badsig.test"]).unwrap(),
-        Scripted::not_found(),
-    );
-    let name = format!("badsig.test:{}", s.addr().port());
+    let (s, name) = named_peer(&net, "badsig.test", net.ca.issue(&["badsig.test"]).unwrap());
     let key = SigningKey::generate("a_1").unwrap();
     let mut doc = key_doc(&name, &key, DAY);
     doc["signatures"][&name]["ed25519:a_1"] = "@@@".into();
     s.set_handler(key_server(doc));
-    let ip = ip_of(&s);
-    net.dns
-        .zone()
-        .update(move |z| z.a("badsig.test", ip))
-        .unwrap();
     let r = run(&net, &name, &private());
     let keys = &r.to_json()["addresses"][0]["keys"];
     assert_eq!(keys["verify_keys"], json!([["ed25519:a_1", "malformed"]]));
@@ -875,11 +831,7 @@ fn notary_peer(
     net: &Net,
     doc: impl Fn() -> Value + Send + Sync + 'static,
 ) -> (HttpsServer, String) {
-    let p = peer(
-        net.ca.issue(&["notary.test"]).unwrap(),
-        Scripted::not_found(),
-    );
-    let nname = format!("notary.test:{}", p.addr().port());
+    let (p, nname) = named_peer(net, "notary.test", net.ca.issue(&["notary.test"]).unwrap());
     let nkey = SigningKey::generate("a_notary").unwrap();
     let own = key_doc(&nname, &nkey, DAY);
     let n2 = nname.clone();
@@ -892,29 +844,15 @@ fn notary_peer(
         }
         _ => Scripted::not_found(),
     }));
-    let ip = ip_of(&p);
-    net.dns
-        .zone()
-        .update(move |z| z.a("notary.test", ip))
-        .unwrap();
     (p, nname)
 }
 
 #[test]
 fn a_notary_with_another_key_under_the_same_id_is_an_error() {
     let net = Net::new(Handler::routes().into());
-    let s = peer(
-        net.ca.issue(&["origin.test"]).unwrap(),
-        Scripted::not_found(),
-    );
-    let name = format!("origin.test:{}", s.addr().port());
+    let (s, name) = named_peer(&net, "origin.test", net.ca.issue(&["origin.test"]).unwrap());
     let key = SigningKey::generate("a_1").unwrap();
     s.set_handler(key_server(key_doc(&name, &key, DAY)));
-    let ip = ip_of(&s);
-    net.dns
-        .zone()
-        .update(move |z| z.a("origin.test", ip))
-        .unwrap();
     let with_notary = |doc: Value| {
         let (_n, nname) = notary_peer(&net, move || doc.clone());
         let opts = CheckOptions {

@@ -15,7 +15,8 @@ use homeport_federation::{
 };
 use homeport_resolve::{Resolver, ResolverConfig, TrustConfig};
 use homeport_test_support::{
-    DnsServer, Handler, HttpsServer, Recorded, Scripted, TestCa, TestCert, Zone, next_loopback,
+    DnsServer, Handler, HttpsServer, Recorded, Routes, Scripted, TestCa, TestCert, Zone,
+    next_loopback,
 };
 use serde_json::Value;
 
@@ -116,8 +117,12 @@ pub fn peer(cert: TestCert, handler: impl Into<Handler>) -> HttpsServer {
 /// A handler for a key server: `/_matrix/key/v2/server` returns `doc`,
 /// `/_matrix/federation/v1/version` a version, anything else 404.
 pub fn key_server(doc: Value) -> Handler {
-    Handler::routes()
-        .route("/_matrix/key/v2/server", Scripted::json(doc))
+    with_version(Handler::routes().route("/_matrix/key/v2/server", Scripted::json(doc)))
+}
+
+/// `routes` plus `/_matrix/federation/v1/version` answering a version.
+pub fn with_version(routes: Routes) -> Handler {
+    routes
         .route(
             "/_matrix/federation/v1/version",
             Scripted::json(serde_json::json!({"server": {"name": "peer", "version": "1"}})),
