@@ -38,20 +38,10 @@ fn env() -> &'static Env {
 /// A domain of the test's own (so parallel tests cannot change its request
 /// counts), with a key server and a version endpoint.
 fn counted_domain(name: &str) -> HttpsServer {
-    let e = env();
-    let key = homeport_core::signing::SigningKey::generate("a_c").unwrap();
-    let doc = homeport_core::keys::ServerKeysBuilder::new(
-        &homeport_core::ServerName::parse(name).unwrap(),
-        homeport_federation::keys::now_ms() + 86_400_000,
-    )
-    .verify_key(&key)
-    .sign(&[&key])
-    .unwrap();
-    let server = HttpsServer::start_on_any_loopback(
-        homeport_lab::DEF_PORT,
-        TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+    own_domain(
+        name,
         homeport_test_support::Handler::routes()
-            .route("/_matrix/key/v2/server", Scripted::json(doc))
+            .route("/_matrix/key/v2/server", Scripted::json(key_doc(name)))
             .route(
                 "/_matrix/federation/v1/version",
                 Scripted::json(serde_json::json!({"server": {"name": "c", "version": "1"}})),
@@ -61,6 +51,18 @@ fn counted_domain(name: &str) -> HttpsServer {
                 Scripted::not_found(),
             )),
     )
+}
+
+/// `name` served by `handler` on a loopback address of its own, on the
+/// lab's default port with a certificate from the lab's CA; the lab's DNS
+/// points `name` at it.
+fn own_domain(name: &str, handler: impl Into<homeport_test_support::Handler>) -> HttpsServer {
+    let e = env();
+    let server = HttpsServer::start_on_any_loopback(
+        homeport_lab::DEF_PORT,
+        TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+        handler,
+    )
     .unwrap();
     let std::net::IpAddr::V4(ip) = server.addr().ip() else {
         panic!()
@@ -68,6 +70,18 @@ fn counted_domain(name: &str) -> HttpsServer {
     let n = name.to_owned();
     e.lab.dns.zone().update(move |z| z.a(&n, ip)).unwrap();
     server
+}
+
+/// A key document for `name`, valid for a day, signed with a new key.
+fn key_doc(name: &str) -> Value {
+    let key = homeport_core::signing::SigningKey::generate("a_c").unwrap();
+    homeport_core::keys::ServerKeysBuilder::new(
+        &homeport_core::ServerName::parse(name).unwrap(),
+        homeport_federation::keys::now_ms() + 86_400_000,
+    )
+    .verify_key(&key)
+    .sign(&[&key])
+    .unwrap()
 }
 
 fn tester(limits: TesterLimits, allow_loopback: bool) -> Arc<Tester> {
@@ -438,17 +452,7 @@ fn concurrent_requests_for_one_target_share_the_running_check() {
 #[test]
 fn the_deny_list_keeps_the_tester_off_the_hosts_network() {
     // A server of its own, so other tests' traffic cannot change its count.
-    let e = env();
-    let own = HttpsServer::start_on_any_loopback(
-        homeport_lab::DEF_PORT,
-        TlsSetup::Cert(e.lab.ca.issue(&["denied.lab"]).unwrap()),
-        Scripted::ok(),
-    )
-    .unwrap();
-    let std::net::IpAddr::V4(ip) = own.addr().ip() else {
-        panic!()
-    };
-    e.lab.dns.zone().update(|z| z.a("denied.lab", ip)).unwrap();
+    let own = own_domain("denied.lab", Scripted::ok());
     let t = tester(open(), false);
     let (s, _, b) = call(
         &t,
@@ -600,21 +604,12 @@ fn two_instances_sharing_postgres_run_one_check_per_target() {
 #[test]
 fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let e = env();
     let probe = |name: &'static str, drops: usize| {
-        let key = homeport_core::signing::SigningKey::generate("a_d").unwrap();
-        let doc = homeport_core::keys::ServerKeysBuilder::new(
-            &homeport_core::ServerName::parse(name).unwrap(),
-            homeport_federation::keys::now_ms() + 86_400_000,
-        )
-        .verify_key(&key)
-        .sign(&[&key])
-        .unwrap();
+        let doc = key_doc(name);
         let dropped = Arc::new(AtomicUsize::new(0));
         let d = dropped.clone();
-        let server = HttpsServer::start_on_any_loopback(
-            homeport_lab::DEF_PORT,
-            TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+        let server = own_domain(
+            name,
             homeport_test_support::Handler::new(move |r: &homeport_test_support::Recorded| {
                 let with_port = r.host.as_deref().is_some_and(|h| h.contains(':'));
                 if with_port && d.load(Ordering::SeqCst) < drops {
@@ -629,12 +624,7 @@ fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
                     _ => Scripted::not_found(),
                 }
             }),
-        )
-        .unwrap();
-        let std::net::IpAddr::V4(ip) = server.addr().ip() else {
-            panic!()
-        };
-        e.lab.dns.zone().update(move |z| z.a(name, ip)).unwrap();
+        );
         let t = tester(open(), true);
         let (s, _, b) = call(
             &t,
@@ -683,21 +673,14 @@ fn a_dropped_connection_is_asked_again_not_reported_as_a_host_rejection() {
 /// and the compatible schema says federation is not OK.
 #[test]
 fn a_check_past_the_deadline_answers_with_the_report_so_far() {
-    let e = env();
     let name = "slowtester.lab";
-    let server = HttpsServer::start_on_any_loopback(
-        homeport_lab::DEF_PORT,
-        TlsSetup::Cert(e.lab.ca.issue(&[name]).unwrap()),
+    let server = own_domain(
+        name,
         homeport_test_support::Handler::routes().fallback(Scripted::delay(
             Duration::from_secs(120),
             Scripted::not_found(),
         )),
-    )
-    .unwrap();
-    let std::net::IpAddr::V4(ip) = server.addr().ip() else {
-        panic!()
-    };
-    e.lab.dns.zone().update(move |z| z.a(name, ip)).unwrap();
+    );
     // Seconds of headroom for connect and TLS on loopback on a busy machine.
     let t = tester(
         TesterLimits {
