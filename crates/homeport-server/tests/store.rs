@@ -401,11 +401,7 @@ async fn postgres_restart_mid_run_recovers_without_reopening() {
         .await
         .unwrap();
     // Connections in the pool, then the database goes away.
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.stop_immediate())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.stop_immediate()).await.unwrap();
     let started = Instant::now();
     let e = s.server_keys("before.test").await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
@@ -416,11 +412,7 @@ async fn postgres_restart_mid_run_recovers_without_reopening() {
     assert!(e.is_unavailable(), "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     eprintln!("down detected in {:?}", started.elapsed());
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.start_again()).await.unwrap();
     // Back without reopening the store: within the back-off bound (10 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     let row = loop {
@@ -519,11 +511,7 @@ async fn postgres_lock_is_released_when_the_holder_session_dies() {
 async fn postgres_serving_store_starts_while_the_database_is_down() {
     let Some(pg) = start_pg() else { return };
     pg.create_database("late").unwrap();
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.stop_immediate())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.stop_immediate()).await.unwrap();
     assert!(
         PgStore::connect(&pg_args(&pg, "late")).await.is_err(),
         "strict open fails"
@@ -533,11 +521,7 @@ async fn postgres_serving_store_starts_while_the_database_is_down() {
         .unwrap();
     let e = s.server_keys("x.test").await.unwrap_err();
     assert!(e.is_unavailable(), "{e:?}");
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.start_again()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match s.put_server_keys(&keys("x.test", 1, 1, 2)).await {
@@ -636,11 +620,9 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
 
     // TLS on, with a certificate that names db.test but not the address.
     let named = ca.issue(&["db.test"]).unwrap();
-    let pg2 = pg.clone();
     let (chain, key) = (named.chain_pem(), named.key_pem());
-    tokio::task::spawn_blocking(move || pg2.enable_tls(&chain, &key, None))
+    pg.blocking(move |c| c.enable_tls(&chain, &key, None))
         .await
-        .unwrap()
         .unwrap();
     refused(with(Some(SslMode::Disable), None), "no encryption").await;
     works(with(None, None)).await; // prefer: TLS, certificate unchecked
@@ -683,11 +665,9 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
     // A certificate for the address, and client certificates required.
     let client_ca = TestCa::new("client ca").unwrap();
     let for_ip = ca.issue(&[&pg.host().to_string()]).unwrap();
-    let pg2 = pg.clone();
     let (chain, key, cca) = (for_ip.chain_pem(), for_ip.key_pem(), client_ca.cert_pem());
-    tokio::task::spawn_blocking(move || pg2.enable_tls(&chain, &key, Some(&cca)))
+    pg.blocking(move |c| c.enable_tls(&chain, &key, Some(&cca)))
         .await
-        .unwrap()
         .unwrap();
     refused(
         with(Some(SslMode::VerifyFull), Some(&ca_file)),
@@ -733,16 +713,14 @@ async fn postgres_tls_modes_certificates_and_channel_binding() {
 
     // An RSASSA-PSS certificate (SHA-384 in its parameters): the server
     // hashes it with SHA-384 for channel binding, and so must we.
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || {
-        pg2.enable_tls(
+    pg.blocking(|c| {
+        c.enable_tls(
             include_str!("data/rsa-pss-sha384.crt"),
             include_str!("data/rsa-pss-sha384.key"),
             None,
         )
     })
     .await
-    .unwrap()
     .unwrap();
     let mut pss = with(Some(SslMode::Require), None);
     pss.channel_binding = ChannelBinding::Require;

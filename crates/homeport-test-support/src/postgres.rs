@@ -408,6 +408,20 @@ impl PgCluster {
         run(&mut cmd, "pg_ctl stop -m immediate", Some(&self.log)).map(drop)
     }
 
+    /// Runs `f`, a call that waits on `pg_ctl` ([`stop_immediate`](Self::stop_immediate),
+    /// [`start_again`](Self::start_again), [`enable_tls`](Self::enable_tls), ...),
+    /// on tokio's blocking pool, so an async test's runtime keeps serving
+    /// meanwhile.
+    pub async fn blocking(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&PgCluster) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let pg = self.clone();
+        tokio::task::spawn_blocking(move || f(&pg))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     /// Starts the server again on the same data directory, address and port,
     /// returning once it accepts connections (after any crash recovery).
     pub fn start_again(&self) -> io::Result<()> {

@@ -351,11 +351,7 @@ async fn scenario(nginx_bin: PathBuf) {
 
     // 3. PostgreSQL restarts under B: 503 while it is down, then B
     // recovers by itself.
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.stop_immediate())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.stop_immediate()).await.unwrap();
     let (status, body) = notary_status(addr_b, first).await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errcode"], "M_UNKNOWN");
@@ -393,11 +389,7 @@ async fn scenario(nginx_bin: PathBuf) {
     c.wait_listening(addr_c).await;
     let (status, _) = notary_status(addr_c, first).await.unwrap();
     assert_eq!(status, 503, "{}", c.log_text());
-    let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg.blocking(|c| c.start_again()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let recovered = loop {
         match notary_status(addr_b, first).await {
