@@ -93,6 +93,22 @@ async fn wait_served(
     }
 }
 
+/// The new certificate (not `not`) that `first` serves within `within`,
+/// once `second` serves the same one too (within 10 s more).
+async fn wait_served_by_both(
+    first: SocketAddr,
+    second: SocketAddr,
+    roots: &RootCertStore,
+    not: Option<&[u8]>,
+    within: Duration,
+    why: &dyn Fn() -> String,
+) -> Vec<u8> {
+    let leaf = wait_served(first, roots, not, within, why).await;
+    let other = wait_served(second, roots, not, Duration::from_secs(10), why).await;
+    assert_eq!(leaf, other, "both instances serve the one certificate");
+    leaf
+}
+
 async fn wait_for(
     what: &str,
     within: Duration,
@@ -1005,9 +1021,15 @@ async fn two_instances_sharing_postgres_order_once() {
         let roots = pebble.root().await;
         let total = |result: &str| orders(&ra, result) + orders(&rb, result);
 
-        let first = wait_served(a.tls_addr(), &roots, None, Duration::from_secs(40), &why).await;
-        let first_b = wait_served(b.tls_addr(), &roots, None, Duration::from_secs(10), &why).await;
-        assert_eq!(first, first_b, "both instances serve the one certificate");
+        let first = wait_served_by_both(
+            a.tls_addr(),
+            b.tls_addr(),
+            &roots,
+            None,
+            Duration::from_secs(40),
+            &why,
+        )
+        .await;
         assert_eq!(total("ok"), 1, "one order for two instances");
         // B's files hold it too (a restart without the database has it).
         let on_disk = homeport_server::certs::load_pair(
@@ -1019,23 +1041,15 @@ async fn two_instances_sharing_postgres_order_once() {
         assert_eq!(on_disk.leaf_sha256, sha(&first));
 
         // Both reach the renewal point together (same certificate): one order.
-        let second = wait_served(
+        let second = wait_served_by_both(
             a.tls_addr(),
+            b.tls_addr(),
             &roots,
             Some(&first),
             Duration::from_secs(40),
             &why,
         )
         .await;
-        let second_b = wait_served(
-            b.tls_addr(),
-            &roots,
-            Some(&first),
-            Duration::from_secs(10),
-            &why,
-        )
-        .await;
-        assert_eq!(second, second_b);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(total("ok"), 2, "one renewal order for two instances");
 
@@ -1100,15 +1114,8 @@ async fn two_instances_sharing_postgres_order_once() {
         };
         assert!(handled.ok, "{handled:?}");
         assert!(handled.message.starts_with("renewed"), "{handled:?}");
-        let fourth = wait_served(
+        wait_served_by_both(
             a.tls_addr(),
-            &roots,
-            Some(&third),
-            Duration::from_secs(10),
-            &why,
-        )
-        .await;
-        let fourth_b = wait_served(
             b.tls_addr(),
             &roots,
             Some(&third),
@@ -1116,7 +1123,6 @@ async fn two_instances_sharing_postgres_order_once() {
             &why,
         )
         .await;
-        assert_eq!(fourth, fourth_b);
         assert!(total("ok") >= 4);
         // The shared state says who and what.
         let state = ra.acme.as_ref().unwrap().state().await;
