@@ -869,6 +869,18 @@ async fn srv_records(client: &FederationClient, qname: &str) -> Option<Vec<Strin
     }
 }
 
+/// The first of `_matrix-fed._tcp.host` and `_matrix._tcp.host` that has
+/// SRV records: its name and records.
+async fn first_srv(client: &FederationClient, host: &str) -> Option<(String, Vec<String>)> {
+    for prefix in ["_matrix-fed._tcp.", "_matrix._tcp."] {
+        let q = format!("{prefix}{host}");
+        if let Some(records) = srv_records(client, &q).await {
+            return Some((q, records));
+        }
+    }
+    None
+}
+
 /// The findings about SRV records that delegation made irrelevant: they
 /// need DNS lookups discovery itself did not make (with the check's own
 /// resolver).
@@ -881,41 +893,33 @@ async fn srv_lookup_findings(client: &FederationClient, r: &Resolution, out: &mu
     };
     // SRV records of the server name itself (either form) are ignored now.
     let host = r.server_name.host_str().to_ascii_lowercase();
-    for prefix in ["_matrix-fed._tcp.", "_matrix._tcp."] {
-        let q = format!("{prefix}{host}");
-        if let Some(records) = srv_records(client, &q).await {
-            out.push(finding(
-                "srv_ignored_due_to_wellknown",
-                Severity::Info,
-                "Server-Server API: SRV records are looked up only for the delegated name",
-                format!(
-                    "{q} ({}) exists, but .well-known delegates to {d}, so it is never used",
-                    records.join(", ")
-                ),
-                "Remove the record, or put the SRV record on the delegated name instead",
-            ));
-            break;
-        }
+    if let Some((q, records)) = first_srv(client, &host).await {
+        out.push(finding(
+            "srv_ignored_due_to_wellknown",
+            Severity::Info,
+            "Server-Server API: SRV records are looked up only for the delegated name",
+            format!(
+                "{q} ({}) exists, but .well-known delegates to {d}, so it is never used",
+                records.join(", ")
+            ),
+            "Remove the record, or put the SRV record on the delegated name instead",
+        ));
     }
     // m.server with a port (step 3.2): the delegated name's SRV records are
     // never looked up either.
     if d.port().is_some() && !d.is_ip_literal() {
         let host = d.host_str().to_ascii_lowercase();
-        for prefix in ["_matrix-fed._tcp.", "_matrix._tcp."] {
-            let q = format!("{prefix}{host}");
-            if let Some(records) = srv_records(client, &q).await {
-                out.push(finding(
-                    "srv_ignored_due_to_port",
-                    Severity::Info,
-                    "Server-Server API, Resolving server names, step 3.2: when m.server has a port, no SRV lookup is made",
-                    format!(
-                        "m.server is {d}, with a port, so {q} ({}) is never looked up",
-                        records.join(", ")
-                    ),
-                    "Nothing required. Removing the port from m.server puts the SRV record in charge (and takes the port out of the Host header)",
-                ));
-                break;
-            }
+        if let Some((q, records)) = first_srv(client, &host).await {
+            out.push(finding(
+                "srv_ignored_due_to_port",
+                Severity::Info,
+                "Server-Server API, Resolving server names, step 3.2: when m.server has a port, no SRV lookup is made",
+                format!(
+                    "m.server is {d}, with a port, so {q} ({}) is never looked up",
+                    records.join(", ")
+                ),
+                "Nothing required. Removing the port from m.server puts the SRV record in charge (and takes the port out of the Host header)",
+            ));
         }
     }
 }
