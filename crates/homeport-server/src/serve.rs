@@ -372,14 +372,11 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
             });
         }
     }
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(listen::serve(
-        listeners,
-        stop_rx.clone(),
-        Duration::from_secs(10),
-    ));
+    // The ACME manager, and with a shared store the certificate other
+    // instances obtained, before the listeners serve: a restarted instance
+    // never serves its older files while the database has a newer one.
     let mut serving = None;
-    let (acme_manager, acme_task) = match (acme_settings, &acme_cert) {
+    let acme_manager = match (acme_settings, &acme_cert) {
         (Some(s), Some(c)) => {
             serving = match acme::ServingMarker::take(&s) {
                 Ok(m) => Some(m),
@@ -401,11 +398,17 @@ pub async fn start_with(cfg: &Config, opts: StartOptions) -> Result<Running, Ser
                 m.share(store.clone());
                 m.sync_shared().await;
             }
-            let t = m.spawn(stop_rx);
-            (Some(m), Some(t))
+            Some(m)
         }
-        _ => (None, None),
+        _ => None,
     };
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listen::serve(
+        listeners,
+        stop_rx.clone(),
+        Duration::from_secs(10),
+    ));
+    let acme_task = acme_manager.as_ref().map(|m| m.spawn(stop_rx));
     let watcher = cert.as_ref().map(|c| {
         let m = metrics.clone();
         c.watch(Duration::from_secs(5), move |r| {
